@@ -1,0 +1,143 @@
+"""Every patch this project applies around ``sam3`` 0.1.4, in one place.
+
+sam3 assumes a CUDA machine and a loaded checkpoint. Each patch below names the sam3 line it works
+around and changes nothing on a machine where sam3's assumption holds:
+
+1. ``model/position_encoding.py:47`` -- ``PositionEmbeddingSine.__init__`` precomputes its cache on
+   ``device="cuda"`` when ``precompute_resolution`` is set (the builder sets 1008).
+2. ``model/decoder.py:281`` -- ``TransformerDecoder.__init__`` builds the boxRPB coordinate cache on
+   ``device="cuda"`` when ``resolution``/``stride`` are given.
+   Patches 1 and 2 run the constructor under :class:`_CudaToCpu`, which sends explicit ``"cuda"``
+   allocations to the CPU when CUDA is absent (``trainables.resolution`` later moves the caches to the
+   model's device).
+3. ``model/geometry_encoders.py:659`` -- ``SequenceGeometryEncoder._encode_boxes`` calls
+   ``pin_memory()`` on every forward, which fails without an accelerator: it becomes a no-op there.
+4. ``train/loss/loss_fns.py:134,153`` -- ``sigmoid_focal_loss`` defaults to a Triton GPU kernel: tensors
+   that are not on CUDA use sam3's own torch implementation (``triton=False``) instead.
+
+:func:`init_empty_parameters` is the fifth workaround: ``model/text_encoder_ve.py:196,218`` create
+``TextTransformer.positional_embedding`` and ``text_projection`` with ``torch.empty`` and never
+initialise them (a checkpoint normally fills them); random-init models must call it.
+
+:func:`apply` is idempotent and is called by ``trainables.model.build_model``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+_APPLIED_MARK = "_cass_sam3_compat"
+
+
+class _CudaToCpu(TorchFunctionMode):
+    """Turn an explicit ``device="cuda"`` of a factory call into the CPU (only used when CUDA is absent)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch protocol
+        kwargs = kwargs or {}
+        device = kwargs.get("device")
+        if device is not None and torch.device(device).type == "cuda":
+            kwargs = {**kwargs, "device": torch.device("cpu")}
+        return func(*args, **kwargs)
+
+
+class _NoPinMemory(TorchFunctionMode):
+    """Make ``Tensor.pin_memory()`` return the tensor itself (only used without an accelerator)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch protocol
+        if func is torch.Tensor.pin_memory:
+            return args[0]
+        return func(*args, **(kwargs or {}))
+
+
+def _has_accelerator() -> bool:
+    return torch.accelerator.is_available()
+
+
+def _cuda_constructor_on_cpu(init: Callable[..., None]) -> Callable[..., None]:
+    """Wrap a constructor so that its hard-coded "cuda" allocations go to the CPU when CUDA is absent."""
+
+    @functools.wraps(init)
+    def wrapper(self: nn.Module, *args: Any, **kwargs: Any) -> None:
+        if torch.cuda.is_available():
+            init(self, *args, **kwargs)
+            return
+        with _CudaToCpu():
+            init(self, *args, **kwargs)
+
+    return wrapper
+
+
+def _pin_memory_only_with_accelerator(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a method so that ``pin_memory()`` inside it is skipped when there is no accelerator."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if _has_accelerator():
+            return method(*args, **kwargs)
+        with _NoPinMemory():
+            return method(*args, **kwargs)
+
+    return wrapper
+
+
+def _torch_focal_loss_off_cuda(focal_loss: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """Wrap sam3's ``sigmoid_focal_loss`` so that non-CUDA inputs use its torch path, not Triton."""
+
+    @functools.wraps(focal_loss)
+    def wrapper(inputs: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if not inputs.is_cuda:
+            kwargs["triton"] = False
+        return focal_loss(inputs, *args, **kwargs)
+
+    return wrapper
+
+
+def _patch(owner: Any, name: str, wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+    """Replace ``owner.name`` by ``wrap(owner.name)`` once (a second call leaves it alone)."""
+    original = getattr(owner, name)
+    if getattr(original, _APPLIED_MARK, False):
+        return
+    patched = wrap(original)
+    setattr(patched, _APPLIED_MARK, True)
+    setattr(owner, name, patched)
+
+
+def apply() -> None:
+    """Install patches 1-4 of this module's docstring. Safe to call any number of times."""
+    from sam3.model.decoder import TransformerDecoder
+    from sam3.model.geometry_encoders import SequenceGeometryEncoder
+    from sam3.model.position_encoding import PositionEmbeddingSine
+    from sam3.train.loss import loss_fns
+
+    _patch(PositionEmbeddingSine, "__init__", _cuda_constructor_on_cpu)
+    _patch(TransformerDecoder, "__init__", _cuda_constructor_on_cpu)
+    _patch(SequenceGeometryEncoder, "_encode_boxes", _pin_memory_only_with_accelerator)
+    _patch(loss_fns, "sigmoid_focal_loss", _torch_focal_loss_off_cuda)
+
+
+def init_empty_parameters(model: nn.Module) -> list[str]:
+    """Initialise the parameters sam3 leaves as ``torch.empty``; return their qualified names.
+
+    ``TextTransformer.positional_embedding`` gets normal(std=0.01) and ``text_projection`` normal(std=
+    width**-0.5), as CLIP initialises them (``model/text_encoder_ve.py:196,218`` never do). Uses the
+    global torch RNG, so seed it first for a reproducible model.
+    """
+    from sam3.model.text_encoder_ve import TextTransformer
+
+    names = []
+    for prefix, module in model.named_modules():
+        if not isinstance(module, TextTransformer):
+            continue
+        with torch.no_grad():
+            nn.init.normal_(module.positional_embedding, std=0.01)
+            names.append(f"{prefix}.positional_embedding")
+            if isinstance(module.text_projection, nn.Parameter):
+                nn.init.normal_(module.text_projection, std=module.width**-0.5)
+                names.append(f"{prefix}.text_projection")
+    return names

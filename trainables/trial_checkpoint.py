@@ -1,0 +1,83 @@
+"""A trial's resumable checkpoint: the model in SAM3's native format plus the training state.
+
+Layout of a checkpoint directory (what ``ray.train.Checkpoint.from_directory`` wraps):
+
+- ``model.pt``: the weights in the native format (:mod:`trainables.checkpoint`), loadable by sam3's
+  own builder and by the export; RoPE tables at the preset's native grid.
+- ``trainer_state.pt``: optimizer, LR scheduler, the number of optimizer steps taken, RNG states.
+- ``metrics.json``: the metrics reported with this checkpoint and the trial config (for humans/export).
+
+Everything is read back with ``torch.load(weights_only=True)``: no pickle code runs on resume.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainables.checkpoint import load_native, safe_torch_load, save_native
+
+MODEL_FILE = "model.pt"
+STATE_FILE = "trainer_state.pt"
+METRICS_FILE = "metrics.json"
+
+
+@dataclass
+class TrainerState:
+    """What a resumed trial needs besides the weights."""
+
+    step: int
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    rng: dict[str, Any]
+
+
+def capture_rng() -> dict[str, Any]:
+    """Python, NumPy and torch RNG states as plain tensors/tuples (``weights_only``-loadable)."""
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+    }
+
+
+def restore_rng(rng: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng`."""
+    random.setstate(rng["python"])
+    name, keys, *rest = rng["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(rng["torch"])
+
+
+def save_trial_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                          scheduler: torch.optim.lr_scheduler.LRScheduler, step: int,
+                          metrics: dict[str, Any], config: dict[str, Any]) -> Path:
+    """Write a resumable checkpoint of ``model`` (unwrapped, not DDP) after ``step`` optimizer steps."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_native(model, directory / MODEL_FILE)
+    torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng": capture_rng()}, directory / STATE_FILE)
+    (directory / METRICS_FILE).write_text(json.dumps({"step": step, "metrics": metrics, "config": config},
+                                                     indent=2, default=float))
+    return directory
+
+
+def load_model_weights(directory: Path, model: nn.Module) -> None:
+    """Load a checkpoint's weights strictly into a freshly built ``model`` (before set_resolution)."""
+    load_native(model, Path(directory) / MODEL_FILE)
+
+
+def load_trainer_state(directory: Path) -> TrainerState:
+    """Read the optimizer/scheduler/step/RNG part of a checkpoint."""
+    raw = safe_torch_load(Path(directory) / STATE_FILE)
+    return TrainerState(step=int(raw["step"]), optimizer=raw["optimizer"], scheduler=raw["scheduler"],
+                        rng=raw["rng"])
