@@ -123,6 +123,7 @@ class CassEvaluator:
         self._gt_union: dict[tuple[int, int], RLE] = {}
         for (image_id, category_id), anns in _group_annotations(self.coco_gt).items():
             self._gt_union[image_id, category_id] = mask_utils.merge([self.coco_gt.annToRLE(a) for a in anns])
+        self._gt_area = {pair: int(mask_utils.area(rle)) for pair, rle in self._gt_union.items()}
         self.reset()
 
     # --- accumulation -------------------------------------------------------------------------------
@@ -178,8 +179,7 @@ class CassEvaluator:
         for image_id in image_ids:
             for category_id in self.category_ids:
                 record = self._state.pairs[image_id, category_id]
-                gt = self._gt_union.get((image_id, category_id))
-                gt_area = int(mask_utils.area(gt)) if gt is not None else 0
+                gt_area = self._gt_area.get((image_id, category_id), 0)
                 labels.append(gt_area > 0)
                 presence_scores.append(record.presence_score)
                 if gt_area == 0:

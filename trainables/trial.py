@@ -1,0 +1,160 @@
+"""One trial's training run, independent of Ray: the loop a reader can follow top to bottom.
+
+``run_trial`` is what every Ray Train worker executes (through :mod:`trainables.train_loop`) and what
+the benchmarks run in a bare process. The order of events is fixed by SAM3's resolution state:
+
+build model (native grid) -> load weights (resume checkpoint, else the surgered Phase 1 file) ->
+set_resolution -> DDP -> optimizer/scheduler (restored on resume) -> train -> validate every
+``val_every`` steps -> report metrics with a resumable checkpoint.
+
+A non-finite loss on any rank stops the trial on every rank with ``diverged=True`` and no checkpoint,
+so the last good checkpoint stays the trial's latest.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from trainables.config import TrialConfig
+from trainables.data import build_loader, iter_prompt_chunks
+from trainables.distributed import prepare_for_ddp, wrap_ddp
+from trainables.evaluate import validate
+from trainables.loss import build_loss, training_step_loss
+from trainables.metrics import CassEvaluator
+from trainables.model import build_model
+from trainables.checkpoint import load_native
+from trainables.optim import build_optimizer, build_scheduler
+from trainables.precision import autocast_context, configure_precision
+from trainables.resolution import set_resolution
+from trainables.trial_checkpoint import (
+    load_model_weights,
+    load_trainer_state,
+    restore_rng,
+    save_trial_checkpoint,
+)
+
+log = logging.getLogger(__name__)
+
+# report(metrics, checkpoint_dir_or_None): Ray's ``train.report`` in a worker, a list append in tests
+Reporter = Callable[[dict[str, Any], "Path | None"], None]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (data order is seeded separately by the sampler)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def endless_batches(loader, start_step: int) -> Iterator:
+    """Batches forever, epoch after epoch, starting where ``start_step`` optimizer steps left off."""
+    per_epoch = len(loader)
+    epoch, skip = divmod(start_step, per_epoch)
+    while True:
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        for index, batch in enumerate(loader):
+            if index >= skip:
+                yield batch
+        epoch, skip = epoch + 1, 0
+
+
+def all_ranks_finite(value: torch.Tensor) -> bool:
+    """True when ``value`` is finite on every rank (one small all-reduce under DDP)."""
+    bad = torch.tensor([0.0 if torch.isfinite(value).all() else 1.0])
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(bad)
+    return bool(bad.item() == 0)
+
+
+def train_step(model: nn.Module, batch, loss_fn, optimizer: torch.optim.Optimizer,
+               scheduler, cfg: TrialConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    """One optimizer step: forward/backward per prompt chunk, clip, step. Returns (loss, components)."""
+    optimizer.zero_grad(set_to_none=True)
+    total = torch.zeros(())
+    components: dict[str, float] = {}
+    for chunk, weight in iter_prompt_chunks(batch, cfg.category_chunk_size):
+        with autocast_context(cfg.precision):
+            loss, parts = training_step_loss(model, chunk, loss_fn)
+        (loss * weight).backward()
+        total = total + loss.detach().float().cpu() * weight
+        for key, value in parts.items():
+            components[key] = components.get(key, 0.0) + value * weight
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    scheduler.step()
+    return total, components
+
+
+def run_trial(cfg: TrialConfig, *, rank: int = 0, world_size: int = 1, device: torch.device | None = None,
+              resume_from: Path | None = None, report: Reporter) -> None:
+    """Train one trial on this worker, reporting metrics (and a checkpoint) every ``val_every`` steps."""
+    device = device or torch.device("cpu")
+    torch.set_num_threads(cfg.cpu_threads_per_worker)
+    configure_precision(cfg.precision)
+    seed_everything(cfg.seed + rank)
+
+    # 1. The model: build -> load -> set resolution -> DDP (freqs_cis in a checkpoint is at the native grid)
+    model = build_model(cfg.preset, device="cpu", seed=cfg.seed)
+    if resume_from is not None:
+        load_model_weights(resume_from, model)
+    elif cfg.checkpoint:
+        load_native(model, Path(cfg.checkpoint))
+    set_resolution(model, cfg.resolution)
+    model = prepare_for_ddp(model).to(device)
+    optimizer, scheduler = build_optimizer(model, cfg), None
+    scheduler = build_scheduler(optimizer, cfg)
+    step = 0
+    if resume_from is not None:
+        state = load_trainer_state(resume_from)
+        optimizer.load_state_dict(state.optimizer)
+        scheduler.load_state_dict(state.scheduler)
+        restore_rng(state.rng)
+        step = state.step
+        log.info("resumed at step %d (lr %s)", step, scheduler.get_last_lr())
+    train_model = wrap_ddp(model) if world_size > 1 else model
+
+    # 2. Data, loss and the evaluator
+    loss_fn = build_loss(cfg, distributed=world_size > 1)
+    train_loader = build_loader(cfg, "train", rank=rank, world_size=world_size)
+    val_loader = build_loader(cfg, "val", rank=rank, world_size=world_size)
+    evaluator = CassEvaluator(val_loader.dataset.coco_gt(), score_threshold=cfg.score_threshold)
+    batches = endless_batches(train_loader, step)
+
+    # 3. Train, validating and checkpointing every val_every steps
+    window: list[float] = []
+    step_time = time.perf_counter()
+    while step < cfg.max_steps:
+        loss, components = train_step(train_model, next(batches), loss_fn, optimizer, scheduler, cfg)
+        step += 1
+        if not all_ranks_finite(loss):
+            report({"step": step, "diverged": True, "train_loss": float("nan")}, None)
+            log.warning("trial diverged at step %d: non-finite loss; last good checkpoint kept", step)
+            return
+        window.append(float(loss))
+        if step % cfg.val_every == 0 or step == cfg.max_steps:
+            seconds_per_step = (time.perf_counter() - step_time) / len(window)
+            metrics = validate(model, val_loader, evaluator, device)
+            metrics.update({f"train_{k}": v for k, v in components.items()})
+            metrics.update(step=step, epoch=step / len(train_loader), train_loss=float(np.mean(window)),
+                           diverged=False, lr=scheduler.get_last_lr()[0], seconds_per_step=seconds_per_step)
+            with tempfile.TemporaryDirectory() as tmp:
+                checkpoint = None
+                if rank == 0:
+                    checkpoint = save_trial_checkpoint(Path(tmp), model, optimizer, scheduler, step,
+                                                       metrics, cfg.to_dict())
+                report(metrics, checkpoint)
+            window.clear()
+            step_time = time.perf_counter()
