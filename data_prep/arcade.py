@@ -1,0 +1,146 @@
+"""Import the public ARCADE "syntax" dataset (MICCAI 2023) as a COCO CASS dataset.
+
+ARCADE layout: ``ROOT/syntax/{train,val}/images/*.png`` and
+``ROOT/syntax/{train,val}/annotations/{train,val}.json`` with SYNTAX segment classes ("1".."16c",
+plus e.g. a catheter class). :data:`SYNTAX_TO_CASS` maps 13 of them to CASS categories; every other
+class is dropped and counted in the printed summary (CASS ``obtuse_marginal_3`` has no ARCADE source,
+so it never occurs). The test split, if present, is left out (this project's layout has train/val).
+
+Images are referenced in place, not copied: ``OUT/images/train`` and ``OUT/images/val`` are symbolic
+links to the ARCADE image folders, and each ``file_name`` is ``<split>/<ARCADE file name>`` (ARCADE
+reuses names such as ``1.png`` across splits). Any loader that joins ``OUT/images`` and ``file_name``
+follows the links. Polygons are kept (clipped to the image, those with < 3 points dropped); bbox and
+area are recomputed from them with pycocotools. The result is validated before it is moved into place.
+ARCADE gives no patient ids, so images carry none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from pycocotools import mask as mask_utils
+from tqdm import tqdm
+
+from data_prep import cass
+from data_prep.coco_io import coco_document, instance_table, staged_folder, write_json_atomic
+from data_prep.errors import InputError, run_cli
+from data_prep.layout import SPLITS, DatasetPaths
+from data_prep.validate import validate_dataset
+
+# ARCADE SYNTAX class name -> CASS short name. Classes not listed are dropped.
+SYNTAX_TO_CASS: dict[str, str] = {
+    "1": "proximal_rca",
+    "2": "mid_rca",
+    "3": "distal_rca",
+    "4": "pda",
+    "5": "left_main",
+    "6": "proximal_lad",
+    "7": "mid_lad",
+    "8": "distal_lad",
+    "11": "proximal_lcx",
+    "13": "distal_lcx",
+    "12": "ramus",
+    "12a": "obtuse_marginal_1",
+    "12b": "obtuse_marginal_2",
+}
+
+
+def _load_arcade_split(root: Path, split: str) -> tuple[dict, Path]:
+    """The ARCADE COCO dict of ``split`` and its image folder."""
+    ann_path = root / "syntax" / split / "annotations" / f"{split}.json"
+    images_dir = root / "syntax" / split / "images"
+    missing = [str(p) for p in (ann_path, images_dir) if not p.exists()]
+    if missing:
+        raise InputError(f"--arcade-root {root} is not in ARCADE's syntax layout: missing {missing} "
+                         "(expected syntax/{train,val}/{images/, annotations/<split>.json})")
+    try:
+        doc = json.loads(ann_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise InputError(f"{ann_path}: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}") from err
+    bad = [k for k in ("images", "annotations", "categories") if not isinstance(doc.get(k), list)]
+    if bad:
+        raise InputError(f"{ann_path}: top-level field(s) {bad} missing or not lists")
+    return doc, images_dir
+
+
+def _clean_polygons(segmentation: list, width: int, height: int) -> list[list[float]]:
+    """ARCADE polygons clipped to the image, dropping those with fewer than 3 points."""
+    polygons = []
+    for poly in segmentation:
+        if len(poly) < 6:
+            continue
+        xs = [min(max(float(x), 0.0), float(width)) for x in poly[0::2]]
+        ys = [min(max(float(y), 0.0), float(height)) for y in poly[1::2]]
+        polygons.append([v for xy in zip(xs, ys) for v in xy])
+    return polygons
+
+
+def _convert_split(doc: dict, split: str) -> tuple[dict, Counter, Counter]:
+    """The CASS COCO dict of one split, the CASS instance counts and the dropped-class counts."""
+    syntax_name = {c["id"]: str(c["name"]) for c in doc["categories"]}
+    images = {img["id"]: img for img in doc["images"]}
+    kept: Counter[int] = Counter()
+    dropped: Counter[str] = Counter()
+    annotations = []
+    for ann in tqdm(doc["annotations"], desc=f"arcade {split}", unit="ann", leave=False):
+        name = syntax_name.get(ann["category_id"], f"<unknown id {ann['category_id']}>")
+        img = images.get(ann["image_id"])
+        if name not in SYNTAX_TO_CASS or img is None:
+            dropped[name if img is not None else f"{name} (unknown image)"] += 1
+            continue
+        polygons = _clean_polygons(ann.get("segmentation") or [], img["width"], img["height"])
+        rle = mask_utils.merge(mask_utils.frPyObjects(polygons, img["height"], img["width"])) if polygons else None
+        if rle is None or mask_utils.area(rle) == 0:
+            dropped[f"{name} (degenerate polygon)"] += 1
+            continue
+        cid = cass.BY_SHORT_NAME[SYNTAX_TO_CASS[name]].id
+        kept[cid] += 1
+        annotations.append({
+            "id": ann["id"], "image_id": ann["image_id"], "category_id": cid, "segmentation": polygons,
+            "bbox": [float(v) for v in mask_utils.toBbox(rle)], "area": int(mask_utils.area(rle)), "iscrowd": 0,
+        })
+    out_images = [{"id": img["id"], "file_name": f"{split}/{img['file_name']}", "width": img["width"],
+                   "height": img["height"]} for img in doc["images"]]
+    return coco_document(out_images, annotations, description=f"ARCADE syntax {split} mapped to CASS"), kept, dropped
+
+
+def import_arcade(arcade_root: Path, out: Path, *, overwrite: bool = False) -> DatasetPaths:
+    """Write the CASS dataset folder ``out`` referencing ARCADE's images in place (see the module doc)."""
+    sources = {split: _load_arcade_split(arcade_root, split) for split in SPLITS}
+    kept: dict[str, Counter] = {}
+    dropped: dict[str, Counter] = {}
+    with staged_folder(out, overwrite=overwrite) as tmp:
+        paths = DatasetPaths(tmp)
+        paths.images_dir.mkdir(parents=True)
+        for split, (doc, images_dir) in sources.items():
+            (paths.images_dir / split).symlink_to(images_dir.resolve(), target_is_directory=True)
+            converted, kept[split], dropped[split] = _convert_split(doc, split)
+            write_json_atomic(paths.annotations(split), converted)
+        validate_dataset(paths).raise_if_errors()
+    print(instance_table(kept))
+    print("dropped ARCADE classes (no CASS equivalent):")
+    for name in sorted(set().union(*dropped.values()), key=str):
+        print(f"  {name:<28}" + " ".join(f"{split} {dropped[split][name]:>6}" for split in SPLITS))
+    if (arcade_root / "syntax" / "test").exists():
+        print("note: syntax/test was not imported (the dataset layout has train and val only)")
+    return DatasetPaths(out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m data_prep.arcade", description=__doc__.split("\n")[0])
+    parser.add_argument("--arcade-root", type=Path, required=True, help="folder holding ARCADE's syntax/")
+    parser.add_argument("--out", type=Path, required=True, help="dataset folder to create")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    args = parser.parse_args(argv)
+    paths = import_arcade(args.arcade_root, args.out, overwrite=args.overwrite)
+    print(f"wrote {paths.root} (images linked in place)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,273 @@
+"""Convert angiogram frames with CASS label maps and/or per-segment masks (a Medis-style export) to COCO.
+
+Inputs, matched by the image's file stem:
+
+* ``--images DIR``: the frames (png, jpg, tif, bmp), any bit depth PIL reads.
+* ``--label-maps DIR``: ``<stem>.png``, one value per pixel = CASS category id (1-14), 0 background.
+* ``--masks DIR``: ``<stem>_<short name>.png`` per segment (e.g. ``P012_f03_mid_lad.png``), non-zero =
+  the segment; short names are those of :mod:`data_prep.cass`.
+
+Both sources may be given; a segment's mask is then the union of the two. A frame with no label
+map and no mask file is unlabelled and skipped (counted in the summary); a label map that is all
+background is kept as a frame with no segment. Each connected component (8-connectivity) of a
+category's mask becomes one instance; components smaller than ``--min-area`` pixels are dropped.
+
+Patients: frames of one patient never land in both splits. The patient id comes from
+``--patient-csv`` (columns ``file_name,patient_id``) or from ``--patient-regex`` applied to the file
+name (its group ``patient``, or group 1). The default takes the text before the first ``_`` or
+``-``: ``P012_f03.png`` and ``P012-0003.png`` -> ``P012``. A ``--val-fraction`` of the patients,
+chosen with ``--seed``, goes to val.
+
+Output: the :mod:`data_prep.layout` folder ``--out`` with the images COPIED into ``images/`` (the folder
+is self-contained and can be moved), and ``patient_id`` on every image. It is built in a temporary
+folder beside ``--out``, validated with :mod:`data_prep.validate`, and renamed into place only on
+success: bad input leaves no partial output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import random
+import re
+import shutil
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+from tqdm import tqdm
+
+from data_prep import cass
+from data_prep.coco_io import coco_document, instance_table, mask_annotation, staged_folder, write_json_atomic
+from data_prep.errors import InputError, run_cli
+from data_prep.layout import SPLITS, DatasetPaths
+from data_prep.validate import validate_dataset
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+DEFAULT_PATIENT_REGEX = r"^(?P<patient>.+?)[_-]"
+_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+
+
+@dataclass
+class _Frame:
+    """One labelled frame, before the split."""
+
+    path: Path
+    patient_id: str
+    width: int
+    height: int
+    instances: list[dict]  # COCO annotations; ``id`` and ``image_id`` are set when written
+
+
+def _patient_ids(paths: list[Path], regex: str, csv_path: Path | None, problems: list[str]) -> dict[Path, str]:
+    if csv_path is not None:
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        if rows and not {"file_name", "patient_id"} <= set(rows[0]):
+            raise InputError(f"{csv_path}: needs the columns file_name,patient_id; found {list(rows[0])}")
+        mapping = {row["file_name"]: row["patient_id"] for row in rows}
+        unmapped = [p.name for p in paths if p.name not in mapping]
+        if unmapped:
+            problems.append(f"{csv_path}: no patient_id for {len(unmapped)} image(s), e.g. {unmapped[:5]}; "
+                            "add rows for them")
+        return {p: mapping[p.name] for p in paths if p.name in mapping}
+    try:
+        pattern = re.compile(regex)
+    except re.error as err:
+        raise InputError(f"--patient-regex {regex!r} is not a valid regular expression: {err}") from err
+    ids: dict[Path, str] = {}
+    for p in paths:
+        match = pattern.search(p.name)
+        if match is None or not match.groups():
+            problems.append(f"{p}: --patient-regex {regex!r} finds no patient id in the file name; "
+                            "pass a --patient-regex with a (?P<patient>...) group, or --patient-csv")
+            continue
+        ids[p] = match.group("patient") if "patient" in pattern.groupindex else match.group(1)
+    return ids
+
+
+def _load_masks(image: Path, size: tuple[int, int], label_maps: Path | None, masks_dir: Path | None,
+                problems: list[str]) -> dict[int, np.ndarray] | None:
+    """Category id -> mask of one frame (``None`` when the frame has no label at all)."""
+    masks: dict[int, np.ndarray] = {}
+    labelled = False
+
+    def read(path: Path) -> np.ndarray | None:
+        with Image.open(path) as im:
+            arr = np.array(im)
+        if arr.ndim != 2 or arr.shape[::-1] != size:
+            problems.append(f"{path}: is {arr.shape[1]}x{arr.shape[0]}{'' if arr.ndim == 2 else ' multi-channel'}"
+                            f", expected a single-channel {size[0]}x{size[1]} image like {image.name}")
+            return None
+        return arr
+
+    if label_maps is not None and (label_maps / f"{image.stem}.png").is_file():
+        labelled = True
+        path = label_maps / f"{image.stem}.png"
+        arr = read(path)
+        if arr is not None:
+            bad = sorted(set(np.unique(arr).tolist()) - {0, *cass.BY_ID})
+            if bad:
+                problems.append(f"{path}: label values {bad[:10]} are not CASS ids (0 = background, "
+                                f"1-{cass.NUM_CATEGORIES}); see data_prep.cass")
+            for cid in cass.BY_ID:
+                if (m := arr == cid).any():
+                    masks[cid] = m
+    if masks_dir is not None:
+        for c in cass.CASS_CATEGORIES:
+            path = masks_dir / f"{image.stem}_{c.short_name}.png"
+            if path.is_file():
+                labelled = True
+                arr = read(path)
+                if arr is not None and (arr > 0).any():
+                    masks[c.id] = masks.get(c.id, np.zeros(arr.shape, bool)) | (arr > 0)
+    return masks if labelled else None
+
+
+def _unknown_mask_files(masks_dir: Path, images: list[Path]) -> list[str]:
+    expected = {f"{p.stem}_{c.short_name}.png" for p in images for c in cass.CASS_CATEGORIES}
+    return [f"{f}: matches no <image stem>_<CASS short name>.png (short names: "
+            f"{', '.join(cass.BY_SHORT_NAME)}); rename or remove it"
+            for f in sorted(masks_dir.iterdir()) if f.is_file() and f.name not in expected]
+
+
+def _read_frames(images: list[Path], patients: dict[Path, str], label_maps: Path | None,
+                 masks_dir: Path | None, min_area: int, problems: list[str]) -> tuple[list[_Frame], int, int]:
+    """The labelled frames with their instances, the number of unlabelled frames, and of small
+    components dropped."""
+    frames: list[_Frame] = []
+    unlabelled = dropped = 0
+    for path in tqdm(images, desc="reading frames", unit="img", leave=False):
+        try:
+            with Image.open(path) as im:
+                im.load()
+                size = im.size
+        except Exception as err:  # PIL raises many types for unreadable files
+            problems.append(f"{path}: cannot be read as an image ({type(err).__name__}: {err})")
+            continue
+        masks = _load_masks(path, size, label_maps, masks_dir, problems)
+        if masks is None:
+            unlabelled += 1
+        elif path in patients:
+            instances, n_small = _instances(masks, min_area)
+            dropped += n_small
+            frames.append(_Frame(path, patients[path], size[0], size[1], instances))
+    return frames, unlabelled, dropped
+
+
+def split_patients(patient_ids: Sequence[str], val_fraction: float, seed: int) -> set[str]:
+    """The val patients: ``round(val_fraction * n)`` of the distinct ids (at least 1 and at most
+    n - 1 when ``val_fraction`` > 0), chosen by a seeded shuffle of the sorted ids."""
+    unique = sorted(set(patient_ids))
+    if val_fraction <= 0:
+        return set()
+    if len(unique) < 2:
+        raise InputError(f"only {len(unique)} patient(s) found: a patient-wise val split needs at least 2 "
+                         "(check --patient-regex / --patient-csv, or pass --val-fraction 0)")
+    n_val = min(max(1, round(val_fraction * len(unique))), len(unique) - 1)
+    random.Random(seed).shuffle(unique)
+    return set(unique[:n_val])
+
+
+def _instances(masks: dict[int, np.ndarray], min_area: int) -> tuple[list[dict], int]:
+    """One annotation per connected component of each category; also the count of dropped small ones."""
+    annotations: list[dict] = []
+    dropped = 0
+    for cid in sorted(masks):
+        labels, n = ndimage.label(masks[cid], structure=_EIGHT_CONNECTED)
+        areas = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, n + 1))
+        for k, area in enumerate(areas, start=1):
+            if area < min_area:
+                dropped += 1
+                continue
+            annotations.append(mask_annotation(labels == k, ann_id=0, image_id=0, category_id=cid))
+    return annotations, dropped
+
+
+def _write_dataset(root: Path, frames: list[_Frame], val_patients: set[str]) -> dict:
+    """Copy images and write both JSON files under ``root``; return per-split instance counts."""
+    paths = DatasetPaths(root)
+    paths.images_dir.mkdir(parents=True)
+    docs: dict[str, tuple[list[dict], list[dict]]] = {s: ([], []) for s in SPLITS}
+    ann_id = 1
+    for image_id, frame in enumerate(tqdm(frames, desc="writing", unit="img", leave=False), start=1):
+        images, annotations = docs["val" if frame.patient_id in val_patients else "train"]
+        shutil.copyfile(frame.path, paths.images_dir / frame.path.name)
+        images.append({"id": image_id, "file_name": frame.path.name, "width": frame.width,
+                       "height": frame.height, "patient_id": frame.patient_id})
+        for ann in frame.instances:
+            annotations.append({**ann, "id": ann_id, "image_id": image_id})
+            ann_id += 1
+    for split, (images, annotations) in docs.items():
+        write_json_atomic(paths.annotations(split), coco_document(images, annotations,
+                                                                   description=f"CASS {split} (create_coco_cass)"))
+    return {s: dict(Counter(a["category_id"] for a in anns)) for s, (_, anns) in docs.items()}
+
+
+def convert(images_dir: Path, out: Path, *, label_maps: Path | None = None, masks: Path | None = None,
+            val_fraction: float = 0.2, seed: int = 0, min_area: int = 10,
+            patient_regex: str = DEFAULT_PATIENT_REGEX, patient_csv: Path | None = None,
+            overwrite: bool = False) -> DatasetPaths:
+    """Build the COCO CASS dataset folder ``out`` from frames and their labels (see the module doc)."""
+    if label_maps is None and masks is None:
+        raise InputError("give --label-maps and/or --masks: there is nothing to convert")
+    for name, folder in (("--images", images_dir), ("--label-maps", label_maps), ("--masks", masks)):
+        if folder is not None and not folder.is_dir():
+            raise InputError(f"{name} {folder} is not a folder")
+    if patient_csv is not None and not patient_csv.is_file():
+        raise InputError(f"--patient-csv {patient_csv} is not a file")
+    if out.exists() and not overwrite:  # checked again by staged_folder; here before the slow part
+        raise InputError(f"--out {out} already exists; remove it, pick another folder or pass --overwrite")
+    if not 0 <= val_fraction < 1:
+        raise InputError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    images = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise InputError(f"--images {images_dir} holds no image ({', '.join(IMAGE_SUFFIXES)})")
+    problems: list[str] = _unknown_mask_files(masks, images) if masks is not None else []
+    patients = _patient_ids(images, patient_regex, patient_csv, problems)
+    frames, unlabelled, dropped = _read_frames(images, patients, label_maps, masks, min_area, problems)
+    if problems:
+        raise InputError(f"cannot convert {images_dir}: {len(problems)} problem(s); nothing was written", problems)
+    if not frames:
+        raise InputError(f"none of the {len(images)} images in {images_dir} has a label map or mask file")
+    val_patients = split_patients([f.patient_id for f in frames], val_fraction, seed)
+
+    with staged_folder(out, overwrite=overwrite) as tmp:
+        counts = _write_dataset(tmp, frames, val_patients)
+        validate_dataset(DatasetPaths(tmp)).raise_if_errors()
+    n_patients = len({f.patient_id for f in frames})
+    print(f"{len(frames)} frames of {n_patients} patients ({len(val_patients)} in val); "
+          f"{unlabelled} unlabelled frame(s) skipped; {dropped} component(s) under {min_area} px dropped")
+    print(instance_table(counts))
+    return DatasetPaths(out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m data_prep.create_coco_cass",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=Path, required=True, help="folder of frames")
+    parser.add_argument("--label-maps", type=Path, help="folder of <stem>.png maps (value = CASS id)")
+    parser.add_argument("--masks", type=Path, help="folder of <stem>_<short name>.png binary masks")
+    parser.add_argument("--out", type=Path, required=True, help="dataset folder to create")
+    parser.add_argument("--val-fraction", type=float, default=0.2, help="fraction of patients in val")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the patient split")
+    parser.add_argument("--min-area", type=int, default=10, help="drop components smaller than this (px)")
+    parser.add_argument("--patient-regex", default=DEFAULT_PATIENT_REGEX,
+                        help="regex on the file name; group 'patient' (or 1) is the patient id")
+    parser.add_argument("--patient-csv", type=Path, help="CSV with columns file_name,patient_id")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    args = parser.parse_args(argv)
+    paths = convert(args.images, args.out, label_maps=args.label_maps, masks=args.masks,
+                    val_fraction=args.val_fraction, seed=args.seed, min_area=args.min_area,
+                    patient_regex=args.patient_regex, patient_csv=args.patient_csv, overwrite=args.overwrite)
+    print(f"wrote {paths.root}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

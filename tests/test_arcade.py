@@ -1,0 +1,75 @@
+"""The ARCADE importer: SYNTAX classes mapped to CASS as listed, others dropped and counted, images linked."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_prep import cass
+from data_prep.arcade import SYNTAX_TO_CASS, main
+from data_prep.errors import run_cli
+from data_prep.layout import DatasetPaths
+from data_prep.validate import validate_dataset
+
+SYNTAX_NAMES = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "9a", "10", "10a", "11", "12", "12a", "13",
+                "14", "14a", "15", "16", "16a", "16b", "16c", "12b", "14b", "catheter"]
+EXPECTED = {"1": "proximal_rca", "2": "mid_rca", "3": "distal_rca", "4": "pda", "5": "left_main",
+            "6": "proximal_lad", "7": "mid_lad", "8": "distal_lad", "11": "proximal_lcx", "13": "distal_lcx",
+            "12": "ramus", "12a": "obtuse_marginal_1", "12b": "obtuse_marginal_2"}
+
+
+@pytest.fixture
+def arcade_root(tmp_path):
+    """ARCADE's syntax layout: train and val, 2 images each (same file names in both), one triangle
+    of every class on image 1 and nothing on image 2."""
+    root = tmp_path / "arcade"
+    for split in ("train", "val"):
+        (root / "syntax" / split / "images").mkdir(parents=True)
+        for i in (1, 2):
+            Image.fromarray(np.full((64, 64), 120, np.uint8)).save(root / "syntax" / split / "images" / f"{i}.png")
+        anns = [{"id": k + 1, "image_id": 1, "category_id": k + 1, "segmentation": [[2, 2, 40, 2 + k, 2, 30]],
+                 "bbox": [2, 2, 38, 28 + k], "area": 500.0, "iscrowd": 0}
+                for k in range(len(SYNTAX_NAMES))]
+        doc = {"images": [{"id": i, "file_name": f"{i}.png", "width": 64, "height": 64} for i in (1, 2)],
+               "annotations": anns,
+               "categories": [{"id": k + 1, "name": n, "supercategory": ""} for k, n in enumerate(SYNTAX_NAMES)]}
+        (root / "syntax" / split / "annotations").mkdir()
+        (root / "syntax" / split / "annotations" / f"{split}.json").write_text(json.dumps(doc))
+    return root
+
+
+def test_mapping_table_is_the_documented_one():
+    assert SYNTAX_TO_CASS == EXPECTED
+    assert set(SYNTAX_TO_CASS.values()) == set(cass.BY_SHORT_NAME) - {"obtuse_marginal_3"}
+
+
+def test_classes_mapped_and_dropped_as_listed(arcade_root, tmp_path, capsys):
+    out = tmp_path / "d"
+    assert run_cli(main, ["--arcade-root", str(arcade_root), "--out", str(out)]) == 0
+    for split in ("train", "val"):
+        doc = json.loads((out / "annotations" / f"{split}.json").read_text())
+        assert doc["categories"] == cass.coco_categories()
+        got = {SYNTAX_NAMES[a["id"] - 1]: cass.BY_ID[a["category_id"]].short_name for a in doc["annotations"]}
+        assert got == EXPECTED
+    printed = capsys.readouterr().out
+    for dropped in ("9a", "10", "14b", "16c", "catheter"):
+        assert f"  {dropped} " in printed
+    assert re.search(r"obtuse_marginal_3 +0 +0", printed)  # no ARCADE source
+
+
+def test_images_referenced_in_place_and_result_validates(arcade_root, tmp_path):
+    out = tmp_path / "d"
+    assert run_cli(main, ["--arcade-root", str(arcade_root), "--out", str(out)]) == 0
+    doc = json.loads((out / "annotations" / "val.json").read_text())
+    assert [img["file_name"] for img in doc["images"]] == ["val/1.png", "val/2.png"]
+    linked = out / "images" / "val" / "1.png"
+    assert linked.resolve() == (arcade_root / "syntax" / "val" / "images" / "1.png").resolve()
+    assert validate_dataset(DatasetPaths(out)).errors == []
+
+
+def test_not_arcade_layout_is_an_input_error(tmp_path, capsys):
+    assert run_cli(main, ["--arcade-root", str(tmp_path), "--out", str(tmp_path / "d")]) == 2
+    assert "syntax layout" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()

@@ -1,0 +1,116 @@
+"""The Medis-style converter: label maps / per-segment masks -> COCO, split by patient, all or nothing."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_prep import cass
+from data_prep.create_coco_cass import main
+from data_prep.errors import run_cli
+
+PATIENTS = ("P1", "P2", "P3")
+SIZE = 40
+
+
+def _png(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array.astype(np.uint8)).save(path)
+
+
+@pytest.fixture
+def export(tmp_path):
+    """3 patients x 2 frames. Label maps: proximal RCA (one bar), mid LAD (two blobs), a 2-px speck
+    of distal LAD. Masks: OM1 on every frame, also proximal RCA extended on P1_f0 (union)."""
+    root = tmp_path / "export"
+    for p in PATIENTS:
+        for f in range(2):
+            stem = f"{p}_f{f}"
+            _png(root / "images" / f"{stem}.png", np.full((SIZE, SIZE), 180))
+            labels = np.zeros((SIZE, SIZE))
+            labels[2:6, 2:30] = cass.lookup("proximal_rca").id
+            labels[10:14, 10:14] = labels[20:24, 20:24] = cass.lookup("mid_lad").id
+            labels[35, 35:37] = cass.lookup("distal_lad").id
+            _png(root / "labels" / f"{stem}.png", labels)
+            om1 = np.zeros((SIZE, SIZE))
+            om1[30:34, 2:20] = 255
+            _png(root / "masks" / f"{stem}_obtuse_marginal_1.png", om1)
+    extra = np.zeros((SIZE, SIZE))
+    extra[6:10, 2:30] = 1
+    _png(root / "masks" / "P1_f0_proximal_rca.png", extra)
+    return root
+
+
+def _run(export, out, *extra):
+    return run_cli(main, ["--images", str(export / "images"), "--label-maps", str(export / "labels"),
+                          "--masks", str(export / "masks"), "--out", str(out), "--val-fraction", "0.3",
+                          *extra])
+
+
+def _load(out):
+    return {s: json.loads((out / "annotations" / f"{s}.json").read_text()) for s in ("train", "val")}
+
+
+def test_no_patient_in_both_splits(export, tmp_path):
+    assert _run(export, tmp_path / "d") == 0
+    docs = _load(tmp_path / "d")
+    patients = {s: {img["patient_id"] for img in d["images"]} for s, d in docs.items()}
+    assert patients["train"].isdisjoint(patients["val"])
+    assert patients["train"] | patients["val"] == set(PATIENTS) and len(patients["val"]) == 1
+    assert sum(len(d["images"]) for d in docs.values()) == 6
+    assert all((tmp_path / "d" / "images" / img["file_name"]).is_file() for d in docs.values() for img in d["images"])
+
+
+def test_one_instance_per_component_small_ones_dropped_sources_merged(export, tmp_path):
+    assert _run(export, tmp_path / "d") == 0
+    anns = [a for d in _load(tmp_path / "d").values() for a in d["annotations"]]
+    per_cat = {c: [a for a in anns if a["category_id"] == cass.lookup(c).id]
+               for c in ("proximal_rca", "mid_lad", "distal_lad", "obtuse_marginal_1")}
+    assert len(per_cat["mid_lad"]) == 2 * 6
+    assert per_cat["distal_lad"] == []  # 2 px < --min-area 10
+    assert len(per_cat["obtuse_marginal_1"]) == 6
+    assert sorted(a["area"] for a in per_cat["proximal_rca"]) == [4 * 28] * 5 + [8 * 28]
+
+
+def test_same_seed_same_split_other_seed_can_differ(export, tmp_path):
+    val_patients = set()
+    for seed in range(4):
+        assert _run(export, tmp_path / f"d{seed}", "--seed", str(seed)) == 0
+        val_patients.add(_load(tmp_path / f"d{seed}")["val"]["images"][0]["patient_id"])
+    assert _run(export, tmp_path / "again", "--seed", "0") == 0
+    assert _load(tmp_path / "again") == _load(tmp_path / "d0")
+    assert len(val_patients) > 1
+
+
+def _bad_label(root):
+    labels = np.array(Image.open(root / "labels" / "P2_f1.png"))
+    labels[0, 0] = 20
+    _png(root / "labels" / "P2_f1.png", labels)
+
+
+INVALID = {
+    "label value not a CASS id": (_bad_label, "label values [20]"),
+    "label map of another size": (lambda r: _png(r / "labels" / "P3_f0.png", np.zeros((10, 10))), "expected a single"),
+    "mask file with unknown short name": (lambda r: _png(r / "masks" / "P1_f0_lad.png", np.zeros((SIZE, SIZE))),
+                                          "P1_f0_lad.png"),
+    "file name without patient id": (lambda r: _png(r / "images" / "nopatient.png", np.zeros((SIZE, SIZE))),
+                                     "finds no patient id"),
+}
+
+
+@pytest.mark.parametrize("case", INVALID)
+def test_invalid_input_leaves_no_output(case, export, tmp_path, capsys):
+    damage, expected = INVALID[case]
+    damage(export)
+    out = tmp_path / "out" / "d"
+    assert _run(export, out) == 2
+    assert expected in capsys.readouterr().err
+    assert not out.exists()
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_existing_output_is_refused(export, tmp_path, capsys):
+    (tmp_path / "d").mkdir()
+    assert _run(export, tmp_path / "d") == 2
+    assert "already exists" in capsys.readouterr().err
