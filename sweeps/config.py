@@ -1,0 +1,275 @@
+"""The typed configuration of one sweep, loaded from YAML (``sweeps/configs/*.yaml``).
+
+Schema (every section but ``name``, ``storage_path``, ``search_space`` and ``trial`` is optional)::
+
+    name: stage2-cass                 # the Tune experiment name; also names the Optuna study by default
+    storage_path: /data/sweeps        # local path or a pyarrow URI (s3://bucket/prefix, gs://...)
+    search_space: search_spaces/stage2.yaml
+    num_samples: 48
+    max_concurrent_trials: null       # null: cluster GPUs (or CPUs) / what one trial needs
+    trial: {preset: full, resolution: 672, max_steps: 2000, num_workers: 2, use_gpu: true, ...}
+    dataset:                          # optional: fills trial.train_json / val_json / images_dir
+      dir: data/cass                  # <dir>/images, <dir>/annotations/{train,val}.json
+      synthetic: {train: 8, val: 4, size: 224, seed: 0}   # generate <dir> if it is absent
+    scheduler: {grace_period: 200, reduction_factor: 3}  # ASHA on val_dice (max), time = "step"
+    searcher: {sampler: tpe, seed: 0, storage: null, study_name: null}
+    failure: {max_failures: 2}
+    checkpoint: {num_to_keep: 2}      # kept by val_dice (max)
+    wandb: {mode: disabled, project: sam3-cass}
+    ray: {address: null, dashboard_host: 127.0.0.1, health_check_interval_s: 0.5}
+
+Relative local paths are resolved against the current directory when the file is loaded (run from the
+repository root, as ``make`` and ``ray job submit --working-dir .`` do). Unknown keys are refused and
+every problem is listed in one :class:`~data_prep.errors.InputError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from data_prep.errors import InputError
+from data_prep.layout import DatasetPaths
+from trainables.config import TrialConfig
+
+#: The metric ASHA stops on and checkpoints are ranked by; the second objective Optuna sees.
+METRIC = "val_dice"
+SECOND_OBJECTIVE = "val_ap75"
+#: The step counter ``train_loop_per_worker`` reports; ASHA's time attribute (survives driver restores).
+TIME_ATTR = "step"
+
+
+@dataclass
+class SchedulerConfig:
+    """ASHA on ``val_dice`` (max) with ``step`` as time; ``max_t`` is the trial's ``max_steps``."""
+
+    grace_period: int = 100  # steps a trial runs before ASHA may stop it
+    reduction_factor: int = 3
+
+
+@dataclass
+class SearcherConfig:
+    """Optuna multi-objective search over (val_dice, val_ap75)."""
+
+    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    seed: int | None = 0
+    storage: str | None = None  # an Optuna JournalStorage file; default <experiment dir>/optuna_journal.log
+    study_name: str | None = None  # default: the sweep name (a study resumes by name)
+
+
+@dataclass
+class FailureConfig:
+    """Ray Train restarts of a trial's workers from its last checkpoint."""
+
+    max_failures: int = 1
+
+
+@dataclass
+class CheckpointConfig:
+    """How many of a trial's checkpoints to keep, ranked by ``val_dice`` (max)."""
+
+    num_to_keep: int = 2
+
+
+@dataclass
+class SyntheticConfig:
+    """Arguments of ``data_prep.synthetic.generate_dataset`` (used when ``dataset.dir`` is absent)."""
+
+    train: int = 8
+    val: int = 4
+    size: int = 224
+    seed: int = 0
+
+
+@dataclass
+class DatasetConfig:
+    """A COCO CASS dataset folder (``data_prep.layout``), optionally generated synthetically."""
+
+    dir: str
+    synthetic: SyntheticConfig | None = None
+
+    @property
+    def paths(self) -> DatasetPaths:
+        return DatasetPaths(Path(self.dir))
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases logging of every trial (offline runs are grouped by the sweep name)."""
+
+    mode: Literal["offline", "online", "disabled"] = "disabled"
+    project: str = "sam3-cass"
+
+
+@dataclass
+class RayConfig:
+    """How the driver joins Ray: ``address: null`` starts a local Ray, ``auto`` joins a running cluster."""
+
+    address: str | None = None
+    dashboard_host: str = "127.0.0.1"
+    health_check_interval_s: float = 0.5
+
+
+@dataclass
+class SweepConfig:
+    """One sweep: what to search, how trials are run, scheduled, stored and logged."""
+
+    name: str
+    storage_path: str
+    search_space: str
+    trial: TrialConfig
+    num_samples: int = 8
+    max_concurrent_trials: int | None = None
+    dataset: DatasetConfig | None = None
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    searcher: SearcherConfig = field(default_factory=SearcherConfig)
+    failure: FailureConfig = field(default_factory=FailureConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    @property
+    def experiment_dir(self) -> str:
+        """Where Tune writes this sweep (``<storage_path>/<name>``, a path or URI)."""
+        return f"{self.storage_path.rstrip('/')}/{self.name}"
+
+    @property
+    def optuna_journal(self) -> str:
+        """The Optuna JournalStorage file (local: the journal needs file locks, not object storage)."""
+        if self.searcher.storage:
+            return self.searcher.storage
+        if is_uri(self.storage_path):
+            raise InputError(f"searcher.storage: set a local/NFS journal path when storage_path is a URI "
+                             f"({self.storage_path})")
+        return str(Path(self.experiment_dir) / "optuna_journal.log")
+
+    @property
+    def study_name(self) -> str:
+        return self.searcher.study_name or self.name
+
+
+def is_uri(path: str) -> bool:
+    """Whether ``path`` is a pyarrow filesystem URI (``s3://...``) rather than a local path."""
+    return "://" in path
+
+
+def load_sweep_config(path: str | Path) -> SweepConfig:
+    """Read, type-check and validate a sweep YAML file; raise :class:`InputError` listing every problem."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise InputError(f"{path}: cannot read the sweep config ({err.strerror})") from err
+    except yaml.YAMLError as err:
+        raise InputError(f"{path}: not valid YAML ({err})") from err
+    return parse_sweep_config(raw, source=str(path))
+
+
+def parse_sweep_config(raw: Any, *, source: str) -> SweepConfig:
+    """Build a :class:`SweepConfig` from a parsed mapping; ``source`` names it in error messages."""
+    problems: list[str] = []
+    if not isinstance(raw, dict):
+        raise InputError(f"{source}: a sweep config must be a mapping, got {type(raw).__name__}")
+    values = _build(SweepConfig, raw, "", problems, skip={"trial"})
+    trial_raw = raw.get("trial", {})
+    if not isinstance(trial_raw, dict):
+        problems.append(f"trial: expected a mapping of TrialConfig fields, got {trial_raw!r}")
+        trial_raw = {}
+    dataset = values.get("dataset")
+    if dataset is not None:
+        clash = sorted({"train_json", "val_json", "images_dir"} & set(trial_raw))
+        if clash:
+            problems.append(f"trial: {clash} come from dataset.dir; set them in one place only")
+        paths = DatasetPaths(Path(dataset.dir).absolute())
+        dataset.dir = str(paths.root)
+        trial_raw = {**trial_raw, "train_json": str(paths.train_json), "val_json": str(paths.val_json),
+                     "images_dir": str(paths.images_dir)}
+    try:
+        values["trial"] = TrialConfig.from_dict(trial_raw, source="trial")
+    except (InputError, TypeError) as err:
+        problems.append(str(err).replace("\n", "\n  "))
+    if problems:
+        raise InputError(f"{source}: invalid sweep config", problems)
+    cfg = SweepConfig(**values)
+    if not is_uri(cfg.storage_path):
+        cfg.storage_path = str(Path(cfg.storage_path).absolute())
+    _check_ranges(cfg, problems)
+    if problems:
+        raise InputError(f"{source}: invalid sweep config", problems)
+    return cfg
+
+
+def _check_ranges(cfg: SweepConfig, problems: list[str]) -> None:
+    positive = {"num_samples": cfg.num_samples, "scheduler.grace_period": cfg.scheduler.grace_period,
+                "checkpoint.num_to_keep": cfg.checkpoint.num_to_keep}
+    if cfg.max_concurrent_trials is not None:
+        positive["max_concurrent_trials"] = cfg.max_concurrent_trials
+    problems += [f"{k}: {v!r} must be >= 1" for k, v in positive.items() if v < 1]
+    if cfg.scheduler.reduction_factor < 2:
+        problems.append(f"scheduler.reduction_factor: {cfg.scheduler.reduction_factor!r} must be >= 2")
+    if cfg.scheduler.grace_period > cfg.trial.max_steps:
+        problems.append(f"scheduler.grace_period: {cfg.scheduler.grace_period} exceeds trial.max_steps "
+                        f"{cfg.trial.max_steps} (ASHA could never stop a trial)")
+    if cfg.failure.max_failures < -1:
+        problems.append(f"failure.max_failures: {cfg.failure.max_failures!r} must be >= -1 (-1: retry forever)")
+    if cfg.ray.dashboard_host not in ("127.0.0.1", "localhost"):
+        problems.append(f"ray.dashboard_host: {cfg.ray.dashboard_host!r}: bind the dashboard to 127.0.0.1 "
+                        "and reach it through an SSH tunnel (it runs arbitrary jobs)")
+    if not cfg.name or "/" in cfg.name:
+        problems.append(f"name: {cfg.name!r} must be a non-empty folder name")
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str, problems: list[str],
+           skip: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
+    """Type-check ``raw`` against dataclass ``cls``, recursing into nested dataclasses."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in sorted(set(raw) - set(fields)):
+        problems.append(f"{prefix}{key}: unknown key (valid: {sorted(fields)})")
+    missing = [name for name, f in fields.items() if name not in raw and name not in skip
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    problems += [f"{prefix}{name}: required" for name in missing]
+    out: dict[str, Any] = {}
+    for name in fields:
+        if name in skip or name not in raw:
+            continue
+        value = _coerce(hints[name], raw[name], f"{prefix}{name}", problems)
+        if value is not _INVALID:
+            out[name] = value
+    return out
+
+
+_INVALID = object()
+
+
+def _coerce(hint: Any, value: Any, where: str, problems: list[str]) -> Any:
+    """``value`` checked against the type ``hint`` (dataclass, Optional, Literal, int, float, str, bool)."""
+    args = typing.get_args(hint)
+    if type(None) in args:  # X | None
+        if value is None:
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+        args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            problems.append(f"{where}: expected a mapping, got {value!r}")
+            return _INVALID
+        before = len(problems)
+        built = _build(hint, value, f"{where}.", problems)
+        return hint(**built) if len(problems) == before else _INVALID
+    if typing.get_origin(hint) is Literal:
+        if value not in args:
+            problems.append(f"{where}: {value!r} is not one of {list(args)}")
+            return _INVALID
+        return value
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    problems.append(f"{where}: expected {hint.__name__}, got {value!r}")
+    return _INVALID

@@ -1,0 +1,295 @@
+"""Stage 2 sweep driver: Ray Tune + Optuna over SAM3 fine-tuning, one Ray Train run per trial.
+
+    python sweeps/stage2.py --config sweeps/configs/local.yaml [--resume] [--dry-run]
+    python -m sweeps.stage2 --config ...
+    RAY_AUTH_MODE=token ray job submit --working-dir . -- python sweeps/stage2.py --config ...
+
+(The jobs CLI sends Ray's auth token, on by default for local clusters since Ray 2.59, only with
+``RAY_AUTH_MODE=token``.) Each Tune trial is a function that builds and fits a ``TorchTrainer`` (Ray
+Train V2); ``TuneReportCallback`` forwards rank 0's reports to Tune. Optuna samples (val_dice, val_ap75)
+jointly; ASHA stops trials on val_dice with the reported ``step`` as its clock. This module only composes
+Ray objects: the training itself is ``trainables.train_loop.train_loop_per_worker``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script path: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse  # noqa: E402
+
+import optuna  # noqa: E402
+from optuna.storages import JournalStorage  # noqa: E402
+from optuna.storages.journal import JournalFileBackend  # noqa: E402
+
+from data_prep.errors import InputError, run_cli  # noqa: E402
+from search_spaces import SearchSpec, load_search_spec  # noqa: E402
+from sweeps import ray_compat  # noqa: E402
+from sweeps.config import METRIC, SECOND_OBJECTIVE, TIME_ATTR, SweepConfig, is_uri, load_sweep_config  # noqa: E402
+from sweeps.optuna_search import RAY_TRIAL_ID_ATTR, SweepOptunaSearch  # noqa: E402
+
+TrainLoop = Callable[[dict], None]
+
+
+@dataclass(frozen=True)
+class ParetoRow:
+    """One Pareto-optimal trial: its Ray id, sampled hyperparameters, objectives and best checkpoint."""
+
+    trial_id: str
+    params: dict
+    val_dice: float
+    val_ap75: float
+    checkpoint_path: str | None
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    """Where a finished sweep's results are, and its Pareto front."""
+
+    experiment_dir: str
+    optuna_journal: str
+    study_name: str
+    pareto_front: list[ParetoRow]
+    num_trials: int
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line: validate, optionally generate data, run (or resume) the sweep, print results."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="a sweep YAML (sweeps/configs/*.yaml)")
+    parser.add_argument("--resume", action="store_true", help="resume the interrupted sweep of this config")
+    parser.add_argument("--dry-run", action="store_true", help="validate and print the plan; start nothing")
+    args = parser.parse_args(argv)
+    cfg = load_sweep_config(args.config)
+    spec = load_search_spec(cfg.search_space)
+    check_inputs(cfg, resume=args.resume)
+    print(describe_plan(cfg, spec, resume=args.resume))
+    if args.dry_run:
+        return 0
+    prepare_dataset(cfg)
+    import ray
+
+    ray_compat.init_ray(cfg.ray.address, cfg.ray.dashboard_host, ray_env(cfg))
+    try:
+        outcome = run_sweep(cfg, spec, resume=args.resume)
+    finally:
+        ray.shutdown()
+    print(format_outcome(outcome))
+    return 0
+
+
+def ray_env(cfg: SweepConfig) -> dict[str, str]:
+    """Environment variables for every Ray process of this sweep."""
+    env = ray_compat.worker_env_vars(cfg.ray.health_check_interval_s)
+    env["WANDB_MODE"] = cfg.wandb.mode
+    return env
+
+
+def check_inputs(cfg: SweepConfig, *, resume: bool) -> None:
+    """Refuse missing data/checkpoint files and a fresh start over an existing sweep (lists every problem)."""
+    problems = []
+    synthetic = cfg.dataset is not None and cfg.dataset.synthetic is not None
+    for name in ("train_json", "val_json", "images_dir", "checkpoint"):
+        path = getattr(cfg.trial, name)
+        if path and not is_uri(path) and not Path(path).exists() and not (synthetic and name != "checkpoint"):
+            problems.append(f"trial.{name}: {path} does not exist")
+    local = not is_uri(cfg.storage_path)
+    if local and not resume and Path(cfg.experiment_dir).exists():
+        problems.append(f"{cfg.experiment_dir} exists: pass --resume to continue it, or change 'name' "
+                        "(a new run would reuse its Optuna study and enqueue points_to_evaluate again)")
+    if local and resume and not Path(cfg.experiment_dir).exists():
+        problems.append(f"--resume: {cfg.experiment_dir} does not exist")
+    if problems:
+        raise InputError("cannot start the sweep", problems)
+
+
+def prepare_dataset(cfg: SweepConfig) -> None:
+    """Generate the synthetic dataset of ``cfg.dataset`` if it is configured and absent."""
+    if cfg.dataset is None or cfg.dataset.synthetic is None or cfg.dataset.paths.train_json.exists():
+        return
+    from data_prep.synthetic import generate_dataset
+
+    s = cfg.dataset.synthetic
+    generate_dataset(cfg.dataset.paths.root, n_train=s.train, n_val=s.val, size=s.size, seed=s.seed)
+
+
+def describe_plan(cfg: SweepConfig, spec: SearchSpec, *, resume: bool) -> str:
+    """A human-readable plan of the sweep (what ``--dry-run`` prints)."""
+    t = cfg.trial
+    per_worker = f"{'1 GPU' if t.use_gpu else f'{t.cpu_threads_per_worker} CPU'}"
+    concurrency = (f"at most {cfg.max_concurrent_trials} at once" if cfg.max_concurrent_trials
+                   else "concurrency = cluster GPUs (or CPUs) / what one trial needs")
+    data = (f"{cfg.dataset.dir} (generated if absent)" if cfg.dataset and cfg.dataset.synthetic
+            else t.train_json or "(none)")
+    lines = [
+        f"sweep {cfg.name} ({'resume' if resume else 'new'})",
+        f"  experiment dir : {cfg.experiment_dir}",
+        f"  optuna         : study {cfg.study_name}, {cfg.searcher.sampler} sampler, seed {cfg.searcher.seed}, "
+        f"journal {cfg.optuna_journal}",
+        f"  objectives     : {METRIC} max, {SECOND_OBJECTIVE} max",
+        f"  trials         : {cfg.num_samples}, {concurrency}",
+        f"  per trial      : {t.num_workers} workers x {per_worker}, backend {t.backend}, {t.precision}, "
+        f"preset {t.preset}, {t.resolution} px, {t.max_steps} steps, validation every {t.val_every}",
+        f"  ASHA           : {METRIC} max on '{TIME_ATTR}', grace {cfg.scheduler.grace_period}, "
+        f"reduction {cfg.scheduler.reduction_factor}, max_t {t.max_steps}",
+        f"  failures       : {cfg.failure.max_failures} restarts per trial; keep {cfg.checkpoint.num_to_keep} "
+        f"checkpoints by {METRIC}",
+        f"  data           : {data}",
+        f"  search space   : {spec.source}",
+        *[f"    {name}: {type(domain.get_sampler()).__name__.lstrip('_')} {domain.domain_str}"
+          for name, domain in spec.params.items()],
+        f"  first points   : {spec.points_to_evaluate or 'none'}",
+    ]
+    return "\n".join(lines)
+
+
+def default_train_loop() -> TrainLoop:
+    """The per-worker training loop (imported late: it pulls in torch and sam3)."""
+    from trainables.train_loop import train_loop_per_worker
+
+    return train_loop_per_worker
+
+
+def make_trial_function(cfg: SweepConfig, train_loop: TrainLoop) -> Callable[[dict], None]:
+    """The Tune function trainable: one TorchTrainer run of ``train_loop`` per sampled ``config``."""
+    from ray import tune
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    base = cfg.trial
+    train_storage = f"{cfg.experiment_dir}/train_runs"
+    checkpoints = CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep, checkpoint_score_attribute=METRIC,
+                                   checkpoint_score_order="max")
+    failures = FailureConfig(max_failures=cfg.failure.max_failures)
+    resources = {"CPU": base.cpu_threads_per_worker, **({"GPU": 1} if base.use_gpu else {})}
+
+    def sam3_trial(config: dict) -> None:
+        trial = base.replace(**config)
+        trainer = TorchTrainer(
+            train_loop,
+            train_loop_config={"trial": trial.to_dict()},
+            scaling_config=ScalingConfig(num_workers=trial.num_workers, use_gpu=trial.use_gpu,
+                                         resources_per_worker=resources),
+            torch_config=TorchConfig(backend=trial.backend),
+            # Named after the Tune trial: a restored driver resumes this Train run from its checkpoint.
+            run_config=RunConfig(name=f"{cfg.name}-{tune.get_context().get_trial_id()}",
+                                 storage_path=train_storage, callbacks=[TuneReportCallback()],
+                                 checkpoint_config=checkpoints, failure_config=failures),
+        )
+        trainer.fit()
+        ray_compat.wait_for_tune_report_queue_drained()
+
+    return tune.with_resources(sam3_trial, ray_compat.TRIAL_DRIVER_RESOURCES)
+
+
+def make_searcher(cfg: SweepConfig, spec: SearchSpec) -> SweepOptunaSearch:
+    """Multi-objective Optuna search whose study lives in a JournalStorage file (resumes by study name)."""
+    samplers = {"tpe": optuna.samplers.TPESampler, "nsga2": optuna.samplers.NSGAIISampler,
+                "random": optuna.samplers.RandomSampler}
+    return SweepOptunaSearch(
+        max_steps=cfg.trial.max_steps, step_key=TIME_ATTR,
+        metric=[METRIC, SECOND_OBJECTIVE], mode=["max", "max"],
+        points_to_evaluate=spec.points_to_evaluate or None,
+        sampler=samplers[cfg.searcher.sampler](seed=cfg.searcher.seed),
+        study_name=cfg.study_name, storage=journal_storage(cfg),
+    )
+
+
+def journal_storage(cfg: SweepConfig) -> JournalStorage:
+    """The sweep's Optuna storage (a journal file: safe for several writers, NFS included)."""
+    Path(cfg.optuna_journal).parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(cfg.optuna_journal))
+
+
+def max_concurrent_trials(cfg: SweepConfig) -> int:
+    """``cfg.max_concurrent_trials``, or how many trials the connected cluster fits at once."""
+    if cfg.max_concurrent_trials:
+        return cfg.max_concurrent_trials
+    import ray
+
+    t = cfg.trial
+    total = ray.cluster_resources()
+    if t.use_gpu:
+        return max(1, int(total.get("GPU", 0) // t.num_workers))
+    return max(1, int(total.get("CPU", 0) // (t.num_workers * t.cpu_threads_per_worker)))
+
+
+def run_sweep(cfg: SweepConfig, spec: SearchSpec, *, resume: bool = False,
+              train_loop: TrainLoop | None = None) -> SweepOutcome:
+    """Run (or resume) the sweep on the already-initialised Ray; return its Pareto front and locations."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    ray_compat.allow_reports_without_objectives()
+    trainable = make_trial_function(cfg, train_loop or default_train_loop())
+    if resume:
+        tuner = tune.Tuner.restore(cfg.experiment_dir, trainable, resume_errored=True)
+    else:
+        callbacks = []
+        if cfg.wandb.mode != "disabled":
+            from ray.air.integrations.wandb import WandbLoggerCallback
+
+            callbacks.append(WandbLoggerCallback(project=cfg.wandb.project, group=cfg.name, mode=cfg.wandb.mode,
+                                                 upload_timeout=60))
+        tuner = tune.Tuner(
+            trainable,
+            param_space=spec.params,
+            tune_config=tune.TuneConfig(
+                search_alg=make_searcher(cfg, spec),
+                scheduler=ASHAScheduler(time_attr=TIME_ATTR, metric=METRIC, mode="max", max_t=cfg.trial.max_steps,
+                                        grace_period=cfg.scheduler.grace_period,
+                                        reduction_factor=cfg.scheduler.reduction_factor),
+                num_samples=cfg.num_samples,
+                max_concurrent_trials=max_concurrent_trials(cfg),
+            ),
+            run_config=tune.RunConfig(name=cfg.name, storage_path=cfg.storage_path, callbacks=callbacks),
+        )
+    results = tuner.fit()
+    return SweepOutcome(experiment_dir=cfg.experiment_dir, optuna_journal=cfg.optuna_journal,
+                        study_name=cfg.study_name, pareto_front=pareto_front(cfg, results),
+                        num_trials=len(results))
+
+
+def pareto_front(cfg: SweepConfig, results) -> list[ParetoRow]:
+    """Optuna's Pareto-optimal COMPLETE trials, each with its best checkpoint by val_dice."""
+    study = optuna.load_study(study_name=cfg.study_name, storage=journal_storage(cfg))
+    best_ckpt = {r.metrics.get("trial_id"): best_checkpoint(r.metrics_dataframe) for r in results}
+    rows = []
+    for t in study.best_trials:
+        rid = t.user_attrs.get(RAY_TRIAL_ID_ATTR, f"optuna-{t.number}")
+        rows.append(ParetoRow(trial_id=rid, params=t.params, val_dice=t.values[0], val_ap75=t.values[1],
+                              checkpoint_path=best_ckpt.get(rid)))
+    return sorted(rows, key=lambda r: -r.val_dice)
+
+
+def best_checkpoint(history) -> str | None:
+    """The ``checkpoint_path`` of the best-val_dice report that saved one (a Tune metrics dataframe)."""
+    if history is None or "checkpoint_path" not in history or METRIC not in history:
+        return None
+    saved = history.dropna(subset=["checkpoint_path", METRIC])
+    return None if saved.empty else str(saved.loc[saved[METRIC].idxmax(), "checkpoint_path"])
+
+
+def format_outcome(outcome: SweepOutcome) -> str:
+    """The Pareto front as a table, then where every result lives."""
+    lines = [f"Pareto front ({len(outcome.pareto_front)} of {outcome.num_trials} trials; {METRIC}, "
+             f"{SECOND_OBJECTIVE} both maximised):"]
+    for r in outcome.pareto_front:
+        params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.params.items())
+        lines.append(f"  {r.trial_id}  {METRIC}={r.val_dice:.4f}  {SECOND_OBJECTIVE}={r.val_ap75:.4f}  {params}")
+        lines.append(f"      best checkpoint: {r.checkpoint_path}")
+    lines += [f"experiment dir : {outcome.experiment_dir}",
+              f"optuna journal : {outcome.optuna_journal} (study {outcome.study_name})"]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    from sweeps import stage2  # the importable module, so Ray pickles its functions by reference
+
+    sys.exit(run_cli(stage2.main))

@@ -1,0 +1,107 @@
+"""Sweep configs: the shipped ones load; typos, wrong types and impossible settings are refused, all at once."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from data_prep.errors import InputError
+from sweeps.config import load_sweep_config, parse_sweep_config
+
+MINIMAL = {"name": "s", "storage_path": "/tmp/sweeps", "search_space": "search_spaces/local.yaml",
+           "trial": {"max_steps": 200}}
+
+
+def refused(raw) -> str:
+    with pytest.raises(InputError) as err:
+        parse_sweep_config(raw, source="my.yaml")
+    assert "my.yaml" in str(err.value)
+    return str(err.value)
+
+
+def with_(**changes):
+    raw = copy.deepcopy(MINIMAL)
+    raw.update(changes)
+    return raw
+
+
+def test_local_config_is_a_small_cpu_sweep_on_generated_data():
+    cfg = load_sweep_config("sweeps/configs/local.yaml")
+    assert cfg.trial.preset == "tiny" and not cfg.trial.use_gpu and cfg.trial.num_workers == 2
+    assert cfg.dataset.synthetic is not None
+    assert cfg.trial.train_json == str(Path(cfg.dataset.dir) / "annotations" / "train.json")
+    assert Path(cfg.search_space).exists()
+
+
+def test_stage2_config_is_the_full_model_on_two_gpus_with_gloo_fp32():
+    cfg = load_sweep_config("sweeps/configs/stage2.yaml")
+    t = cfg.trial
+    assert (t.preset, t.resolution, t.num_workers, t.use_gpu, t.backend, t.precision) == (
+        "full", 672, 2, True, "gloo", "fp32")
+    assert t.checkpoint and cfg.dataset.synthetic is None and cfg.ray.address == "auto"
+
+
+def test_defaults_fill_every_optional_section():
+    cfg = parse_sweep_config(MINIMAL, source="my.yaml")
+    assert cfg.searcher.sampler == "tpe" and cfg.study_name == "s" and cfg.max_concurrent_trials is None
+    assert cfg.experiment_dir == "/tmp/sweeps/s"
+    assert cfg.optuna_journal == "/tmp/sweeps/s/optuna_journal.log"
+    assert cfg.ray.dashboard_host == "127.0.0.1" and cfg.wandb.mode == "disabled"
+
+
+def test_relative_storage_is_made_absolute_and_uris_are_kept(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert parse_sweep_config(with_(storage_path="out"), source="x").storage_path == str(tmp_path / "out")
+    cfg = parse_sweep_config(with_(storage_path="s3://bucket/sweeps", searcher={"storage": "/nfs/j.log"}),
+                             source="x")
+    assert cfg.experiment_dir == "s3://bucket/sweeps/s" and cfg.optuna_journal == "/nfs/j.log"
+
+
+def test_a_uri_storage_needs_an_explicit_journal():
+    cfg = parse_sweep_config(with_(storage_path="s3://bucket/sweeps"), source="x")
+    with pytest.raises(InputError, match="searcher.storage"):
+        cfg.optuna_journal
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"nmae": "x"}, "nmae: unknown key"),
+    ({"scheduler": {"grace": 3}}, "scheduler.grace: unknown key"),
+    ({"searcher": {"sampler": "cmaes"}}, "searcher.sampler: 'cmaes' is not one of ['tpe', 'nsga2', 'random']"),
+    ({"num_samples": "ten"}, "num_samples: expected int, got 'ten'"),
+    ({"num_samples": 0}, "num_samples: 0 must be >= 1"),
+    ({"wandb": {"mode": "cloud"}}, "wandb.mode: 'cloud' is not one of"),
+    ({"scheduler": {"grace_period": 500}}, "scheduler.grace_period: 500 exceeds trial.max_steps 200"),
+    ({"scheduler": {"reduction_factor": 1}}, "scheduler.reduction_factor: 1 must be >= 2"),
+    ({"ray": {"dashboard_host": "0.0.0.0"}}, "ray.dashboard_host: '0.0.0.0'"),
+    ({"trial": {"resolution": 1000}}, "resolution: 1000 must be a positive multiple"),
+    ({"trial": {"max_stepz": 200}}, "unknown trial setting(s) ['max_stepz']"),
+    ({"dataset": {"dir": "d"}, "trial": {"train_json": "t.json"}},
+     "trial: ['train_json'] come from dataset.dir"),
+    ({"dataset": {"synthetic": {"train": 2}}}, "dataset.dir: required"),
+    ({"dataset": {"dir": "d", "synthetic": {"trian": 2}}}, "dataset.synthetic.trian: unknown key"),
+])
+def test_each_bad_setting_is_refused_by_its_dotted_key(change, message):
+    assert message in refused(with_(**change))
+
+
+def test_missing_required_keys_and_all_problems_are_listed_together():
+    text = refused({"trial": {}, "num_samples": -1, "bogus": 1})
+    for expected in ("name: required", "storage_path: required", "search_space: required", "bogus: unknown key"):
+        assert expected in text
+
+
+def test_an_unreadable_file_is_an_input_error(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed")
+    with pytest.raises(InputError, match="not valid YAML"):
+        load_sweep_config(bad)
+    with pytest.raises(InputError, match="cannot read"):
+        load_sweep_config(tmp_path / "absent.yaml")
+
+
+def test_yaml_round_trip_of_a_shipped_config_is_stable(tmp_path):
+    raw = yaml.safe_load(Path("sweeps/configs/local.yaml").read_text())
+    assert parse_sweep_config(raw, source="x") == load_sweep_config("sweeps/configs/local.yaml")
