@@ -1,0 +1,202 @@
+"""The project's native checkpoint format for sam3 image models: save, strict load, safe read.
+
+Native format = what sam3's own ``build_sam3_image_model(checkpoint_path=...)`` keeps
+(``model_builder.py:523-547``): a flat dict ``{"detector." + state_dict key: tensor}``, floating tensors
+in fp32, and every RoPE table ``...attn.freqs_cis`` at the model's BUILD (native) grid, so that sam3's
+builder loads it whatever resolution the model was trained at.
+
+:func:`load_native` works at any current resolution: RoPE tables are not learned, so the file's tables
+are checked against sam3's own table at the native grid and the model keeps its current ones.
+Files are always read with ``torch.load(weights_only=True)``: a pickle that would run code is refused.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import pickle
+import tempfile
+import zipfile
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from data_prep.errors import InputError
+from trainables.resolution import global_attention_blocks, native_resolution, patch_size, rope_table
+
+PREFIX = "detector."
+ROPE_SUFFIX = "attn.freqs_cis"
+
+
+@dataclass
+class LoadReport:
+    """What a strict load found. ``mismatched`` holds (key, shape in file, shape in model)."""
+
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    allowed_missing: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def problems(self) -> list[str]:
+        """One line per kind of problem, counted by submodule, with a few example keys."""
+        lines = []
+        for kind, keys in (("missing from the file", self.missing), ("unexpected in the file", self.unexpected),
+                           ("wrong shape", [k for k, _, _ in self.mismatched])):
+            if keys:
+                lines.append(f"{len(keys)} tensor(s) {kind}: {_count_by_submodule(keys)}; e.g. {keys[:3]}")
+        lines += [f"{k}: file {list(f)} vs model {list(m)}" for k, f, m in self.mismatched[:5]]
+        return lines
+
+    def format(self) -> str:
+        """A human-readable summary (loaded, missing, unexpected, wrong shape; by submodule)."""
+        lines = [f"loaded {len(self.loaded)} tensors: {_count_by_submodule(self.loaded)}"]
+        if self.allowed_missing:
+            lines.append(f"allowed missing {len(self.allowed_missing)}: {_count_by_submodule(self.allowed_missing)}")
+        lines += self.problems() or ["no missing, unexpected or wrong-shape tensors"]
+        return "\n".join(lines)
+
+
+def submodule_of(key: str) -> str:
+    """The submodule a state_dict key belongs to, for counting: its first two name parts."""
+    return ".".join(key.split(".")[:2])
+
+
+def _count_by_submodule(keys: Sequence[str]) -> dict[str, int]:
+    return dict(sorted(Counter(submodule_of(k) for k in keys).items()))
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The sam3 model inside a DDP wrapper (``.module``), or the model itself."""
+    return getattr(model, "module", model)
+
+
+def native_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's weights in the native format: ``detector.``-prefixed, fp32, RoPE at the native grid."""
+    model = _unwrap(model)
+    tables = native_rope_tables(model)
+    out = {}
+    for key, value in model.state_dict().items():
+        value = tables.get(key, value).detach().cpu()
+        out[PREFIX + key] = value.float() if value.is_floating_point() else value.clone()
+    return out
+
+
+def native_rope_tables(model: nn.Module) -> dict[str, torch.Tensor]:
+    """state_dict key -> sam3's RoPE table at the model's native grid, for every global-attention block."""
+    model = _unwrap(model)
+    grid = native_resolution(model) // patch_size(model)
+    return {f"{name}.freqs_cis": rope_table(attn, grid) for name, attn in global_attention_blocks(model).items()}
+
+
+def save_native(model: nn.Module, path: str | os.PathLike) -> None:
+    """Write the model in the native format, atomically (a failure leaves no partial file)."""
+    atomic_torch_save(native_state_dict(model), path)
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def safe_torch_load(path: str | os.PathLike) -> Any:
+    """``torch.load(weights_only=True)`` on the CPU, with an :class:`InputError` that says what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: checkpoint file not found")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: checkpoint file is empty (an interrupted write?)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        detail = _unpickler_detail(str(err))
+        if "Unsupported global" in detail:
+            raise InputError(f"{path}: refused: the file holds pickled Python objects that would run code when "
+                             f"loaded; only tensors and plain containers are accepted ({detail})") from None
+        raise InputError(f"{path}: not a readable torch checkpoint, truncated or corrupt ({detail})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"{path}: truncated or corrupt checkpoint ({type(err).__name__}: {first})") from None
+
+
+def _unpickler_detail(message: str) -> str:
+    """The one informative line of torch's weights-only error (it buries it in advice)."""
+    text = " ".join(message.split())
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    return text.split(" Check the documentation", 1)[0].split(". Please use", 1)[0].strip()[:200]
+
+
+def compare_state(model: nn.Module, state: Mapping[str, torch.Tensor], *,
+                  allow_missing: Sequence[str] = ()) -> LoadReport:
+    """Compare unprefixed ``state`` with the model's state_dict: keys and shapes (RoPE checked at native grid)."""
+    model = _unwrap(model)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    expected.update({k: tuple(v.shape) for k, v in native_rope_tables(model).items()})
+    report = LoadReport()
+    for key, value in state.items():
+        if key not in expected:
+            report.unexpected.append(key)
+        elif tuple(value.shape) != expected[key]:
+            report.mismatched.append((key, tuple(value.shape), expected[key]))
+        else:
+            report.loaded.append(key)
+    for key in expected:
+        if key not in state:
+            allowed = any(fnmatch.fnmatchcase(key, pattern) for pattern in allow_missing)
+            (report.allowed_missing if allowed else report.missing).append(key)
+    return report
+
+
+def strip_native_prefix(state: Mapping[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """Drop the ``detector.`` prefix; refuse a file whose keys do not carry it."""
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InputError(f"{source}: not a native checkpoint (expected a flat dict of tensors)")
+    wrong = [k for k in state if not k.startswith(PREFIX)]
+    if wrong:
+        prefixes = sorted({k.split(".")[0] + "." for k in wrong})
+        raise InputError(f"{source}: {len(wrong)} of {len(state)} keys lack the {PREFIX!r} prefix of the native "
+                         f"format (found prefixes {prefixes[:5]}, e.g. {wrong[:2]}); convert the file with "
+                         f"`python -m data_prep.weight_surgery`")
+    return {k[len(PREFIX):]: v for k, v in state.items()}
+
+
+def load_native(model: nn.Module, path: str | os.PathLike, *, allow_missing: Sequence[str] = ()) -> LoadReport:
+    """Load a native-format file into ``model`` strictly, at whatever resolution the model is set to.
+
+    Refuses (with :class:`InputError`, counted by submodule) missing tensors (unless a key matches one of
+    the fnmatch patterns in ``allow_missing``), unexpected tensors, wrong shapes, and RoPE tables that
+    differ from sam3's table at the native grid. Nothing is loaded when anything is refused.
+    """
+    state = strip_native_prefix(safe_torch_load(path), str(path))
+    report = compare_state(model, state, allow_missing=allow_missing)
+    if not report.ok:
+        raise InputError(f"{path}: does not match the model", report.problems())
+    target = _unwrap(model)
+    tables = native_rope_tables(target)
+    wrong_rope = [k for k, table in tables.items() if not torch.allclose(state[k], table, atol=1e-5)]
+    if wrong_rope:
+        raise InputError(f"{path}: RoPE tables differ from sam3's own at the native grid (a plain RoPE formula "
+                         f"without sam3's interpolation?)", wrong_rope)
+    weights = {k: v for k, v in state.items() if k not in tables}
+    target.load_state_dict(weights, strict=False)
+    return report
