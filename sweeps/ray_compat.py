@@ -7,7 +7,6 @@ around is no longer supported.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 
@@ -66,13 +65,3 @@ def wait_for_tune_report_queue_drained(timeout_s: float = 120.0, poll_s: float =
             return False
         time.sleep(poll_s)
     return True
-
-
-def allow_reports_without_objectives() -> None:
-    """Let trials report without ``val_dice``/``val_ap75`` (call in the driver before ``Tuner.fit``).
-
-    A diverged trial's last report carries no validation metrics (``trainables/trial.py``); Tune's strict
-    metric check then raises in the driver and aborts the WHOLE sweep (reproduced in the driver tests).
-    ASHA skips such results, and ``SweepOptunaSearch`` tells Optuna FAIL for ``diverged=True``.
-    """
-    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"

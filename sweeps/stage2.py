@@ -226,7 +226,6 @@ def run_sweep(cfg: SweepConfig, spec: SearchSpec, *, resume: bool = False,
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    ray_compat.allow_reports_without_objectives()
     trainable = make_trial_function(cfg, train_loop or default_train_loop())
     if resume:
         tuner = tune.Tuner.restore(cfg.experiment_dir, trainable, resume_errored=True)

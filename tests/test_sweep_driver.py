@@ -26,6 +26,7 @@ from sweeps import ray_compat
 from sweeps.config import parse_sweep_config
 from sweeps.optuna_search import RAY_TRIAL_ID_ATTR, optuna_state
 from sweeps.stage2 import check_inputs, format_outcome, journal_storage, main, run_sweep
+from trainables.trial import diverged_report
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # tests/ is not importable on workers
 
@@ -40,7 +41,7 @@ def fake_train_loop(config: dict) -> None:
     for step in range(trial["val_every"], trial["max_steps"] + 1, trial["val_every"]):
         time.sleep(0.2)
         if trial["lr_transformer"] > 2.5e-4:  # like the real loop: no validation after a non-finite loss
-            ray.train.report({"step": step, "diverged": True, "train_loss": float("nan")})
+            ray.train.report(diverged_report(step))
             return
         dice = quality * step / trial["max_steps"]
         metrics = {"val_dice": dice, "val_ap75": 0.8 * dice, "step": step, "epoch": 0, "diverged": False}

@@ -16,37 +16,18 @@ from sam3.train.optim.schedulers import InverseSquareRootParamScheduler
 from torch import nn
 
 from trainables.config import TrialConfig
-
-# sam3 submodule prefixes (of Sam3Image.state_dict keys) that get their own learning rate
-VISION_PREFIX = "backbone.vision_backbone."
-LANGUAGE_PREFIX = "backbone.language_backbone."
-
-
-def lr_group(param_name: str) -> str:
-    """Which learning-rate group a parameter of a ``Sam3Image`` belongs to: vision, language or transformer."""
-    name = param_name.removeprefix("module.")
-    if name.startswith(VISION_PREFIX):
-        return "vision"
-    if name.startswith(LANGUAGE_PREFIX):
-        return "language"
-    return "transformer"
+from trainables.model import param_groups
 
 
 def build_optimizer(model: nn.Module, cfg: TrialConfig) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters, six groups: {vision, language, transformer} x {decay, no decay}."""
+    """AdamW over :func:`trainables.model.param_groups`: vision / language / transformer rates, no decay on 1-d."""
     lrs = {"vision": cfg.lr_vision, "language": cfg.lr_language, "transformer": cfg.lr_transformer}
-    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        decay = param.ndim > 1
-        groups.setdefault((lr_group(name), decay), []).append(param)
-    param_groups = [
-        {"params": params, "lr": lrs[group], "weight_decay": cfg.weight_decay if decay else 0.0,
-         "name": f"{group}{'' if decay else '_no_decay'}"}
-        for (group, decay), params in sorted(groups.items())
+    groups = [
+        {"params": params, "name": name, "lr": lrs[name.removesuffix("_no_decay")],
+         "weight_decay": 0.0 if name.endswith("_no_decay") else cfg.weight_decay}
+        for name, params in sorted(param_groups(model).items())
     ]
-    return torch.optim.AdamW(param_groups, lr=cfg.lr_transformer, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=cfg.lr_transformer, weight_decay=cfg.weight_decay)
 
 
 def lr_factor(cfg: TrialConfig) -> Callable[[int], float]:

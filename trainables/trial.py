@@ -13,6 +13,7 @@ so the last good checkpoint stays the trial's latest.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import tempfile
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from trainables.config import TrialConfig
 from trainables.data import build_loader, iter_prompt_chunks
@@ -32,7 +34,7 @@ from trainables.distributed import prepare_for_ddp, wrap_ddp
 from trainables.evaluate import validate
 from trainables.loss import build_loss, training_step_loss
 from trainables.metrics import CassEvaluator
-from trainables.model import build_model
+from trainables.model import build_model, freeze_text_encoder
 from trainables.checkpoint import load_native
 from trainables.optim import build_optimizer, build_scheduler
 from trainables.precision import autocast_context, configure_precision
@@ -80,14 +82,20 @@ def all_ranks_finite(value: torch.Tensor) -> bool:
 
 def train_step(model: nn.Module, batch, loss_fn, optimizer: torch.optim.Optimizer,
                scheduler, cfg: TrialConfig) -> tuple[torch.Tensor, dict[str, float]]:
-    """One optimizer step: forward/backward per prompt chunk, clip, step. Returns (loss, components)."""
+    """One optimizer step: forward/backward per prompt chunk, clip, step. Returns (loss, components).
+
+    Under DDP the gradients are all-reduced once, on the last chunk (``no_sync`` before it): each
+    chunk's loss is already weighted by its share of the batch, so the sum is the unchunked gradient.
+    """
     optimizer.zero_grad(set_to_none=True)
+    chunks = list(iter_prompt_chunks(batch, cfg.category_chunk_size))
     total = torch.zeros(())
     components: dict[str, float] = {}
-    for chunk, weight in iter_prompt_chunks(batch, cfg.category_chunk_size):
-        with autocast_context(cfg.precision):
+    for index, (chunk, weight) in enumerate(chunks):
+        sync = index == len(chunks) - 1 or not isinstance(model, DistributedDataParallel)
+        with (contextlib.nullcontext() if sync else model.no_sync()), autocast_context(cfg.precision):
             loss, parts = training_step_loss(model, chunk, loss_fn)
-        (loss * weight).backward()
+            (loss * weight).backward()
         total = total + loss.detach().float().cpu() * weight
         for key, value in parts.items():
             components[key] = components.get(key, 0.0) + value * weight
@@ -96,6 +104,11 @@ def train_step(model: nn.Module, batch, loss_fn, optimizer: torch.optim.Optimize
     optimizer.step()
     scheduler.step()
     return total, components
+
+
+def diverged_report(step: int) -> dict[str, Any]:
+    """What a diverged trial reports: both objectives at 0 (a model with non-finite loss scores nothing)."""
+    return {"step": step, "diverged": True, "train_loss": float("nan"), "val_dice": 0.0, "val_ap75": 0.0}
 
 
 def run_trial(cfg: TrialConfig, *, rank: int = 0, world_size: int = 1, device: torch.device | None = None,
@@ -112,9 +125,11 @@ def run_trial(cfg: TrialConfig, *, rank: int = 0, world_size: int = 1, device: t
         load_model_weights(resume_from, model)
     elif cfg.checkpoint:
         load_native(model, Path(cfg.checkpoint))
-    set_resolution(model, cfg.resolution)
     model = prepare_for_ddp(model).to(device)
-    optimizer, scheduler = build_optimizer(model, cfg), None
+    set_resolution(model, cfg.resolution)  # after .to(): sam3 keeps the boxRPB cache in a plain attribute
+    if cfg.freeze_text_encoder:
+        freeze_text_encoder(model)
+    optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg)
     step = 0
     if resume_from is not None:
@@ -135,19 +150,22 @@ def run_trial(cfg: TrialConfig, *, rank: int = 0, world_size: int = 1, device: t
 
     # 3. Train, validating and checkpointing every val_every steps
     window: list[float] = []
+    window_parts: dict[str, float] = {}
     step_time = time.perf_counter()
     while step < cfg.max_steps:
         loss, components = train_step(train_model, next(batches), loss_fn, optimizer, scheduler, cfg)
         step += 1
         if not all_ranks_finite(loss):
-            report({"step": step, "diverged": True, "train_loss": float("nan")}, None)
+            report(diverged_report(step), None)
             log.warning("trial diverged at step %d: non-finite loss; last good checkpoint kept", step)
             return
         window.append(float(loss))
+        for key, value in components.items():
+            window_parts[key] = window_parts.get(key, 0.0) + value
         if step % cfg.val_every == 0 or step == cfg.max_steps:
             seconds_per_step = (time.perf_counter() - step_time) / len(window)
             metrics = validate(model, val_loader, evaluator, device)
-            metrics.update({f"train_{k}": v for k, v in components.items()})
+            metrics.update({f"train_{k}": v / len(window) for k, v in window_parts.items()})
             metrics.update(step=step, epoch=step / len(train_loader), train_loss=float(np.mean(window)),
                            diverged=False, lr=scheduler.get_last_lr()[0], seconds_per_step=seconds_per_step)
             with tempfile.TemporaryDirectory() as tmp:
@@ -157,4 +175,5 @@ def run_trial(cfg: TrialConfig, *, rank: int = 0, world_size: int = 1, device: t
                                                        metrics, cfg.to_dict())
                 report(metrics, checkpoint)
             window.clear()
+            window_parts.clear()
             step_time = time.perf_counter()

@@ -1,0 +1,523 @@
+"""The sweep report: one self-contained HTML page (``index.html`` + PNG figures beside it) of a finished sweep.
+
+    python -m sweeps.report EXPERIMENT_DIR --out DIR [--export DIR] [--journal FILE] [--study NAME]
+
+It reads what the driver (``sweeps/stage2.py``) left in the experiment directory: Tune's per-trial results
+(``ray.tune.ExperimentAnalysis``) and the Optuna study in ``optuna_journal.log`` (trial states, the Pareto
+front, parameter importances). It never trains; only the overlays run a model, the exported best checkpoint
+(``--export``, see :mod:`sweeps.overlays`). Figures: Pareto front, best-so-far ``val_dice`` against
+compute, parallel coordinates, parameter importances, learning curves, per-category Dice/AP75 of the best
+trial, overlays. A figure that cannot be made is replaced by a note saying why.
+
+Conventions: a trial's ``val_dice``/``val_ap75`` are its LAST report (what Optuna was told); its status is
+Optuna's (COMPLETE, PRUNED = stopped early by ASHA, FAIL = diverged or errored), else Tune's. The best trial
+is the Pareto-optimal trial with the highest ``val_dice``; its per-category figures come from its report
+with the highest ``val_dice`` (the checkpoint the export takes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import math
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from data_prep.cass import CASS_CATEGORIES
+from data_prep.errors import InputError, run_cli
+from sweeps.config import METRIC, SECOND_OBJECTIVE
+from sweeps.optuna_search import RAY_TRIAL_ID_ATTR
+
+JOURNAL_FILE = "optuna_journal.log"
+STATUS_COLOURS = {"COMPLETE": "tab:blue", "PRUNED": "tab:orange", "FAIL": "tab:red"}
+
+
+class FigureUnavailable(Exception):
+    """A figure cannot be drawn from this sweep; the message is shown in the page instead."""
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial: Ray id, sampled hyperparameters, status and its reports (one row each, by step)."""
+
+    trial_id: str
+    params: dict[str, Any]
+    status: str
+    history: pd.DataFrame = field(repr=False)
+
+    def last(self, key: str) -> float:
+        """The last reported value of ``key`` (nan if never reported)."""
+        if key not in self.history:
+            return math.nan
+        values = self.history[key].dropna()
+        return float(values.iloc[-1]) if len(values) else math.nan
+
+    @property
+    def val_dice(self) -> float:
+        return self.last(METRIC)
+
+    @property
+    def val_ap75(self) -> float:
+        return self.last(SECOND_OBJECTIVE)
+
+    @property
+    def steps(self) -> int:
+        """The last reported step (0 if none)."""
+        step = self.last("step")
+        return 0 if math.isnan(step) else int(step)
+
+    def best_report(self) -> pd.Series | None:
+        """The report with the highest ``val_dice`` (None if it never validated)."""
+        if METRIC not in self.history or self.history[METRIC].isna().all():
+            return None
+        return self.history.loc[self.history[METRIC].idxmax()]
+
+
+@dataclass(frozen=True)
+class SweepResults:
+    """A sweep as the report sees it. ``pareto_ids``: Optuna's Pareto front, highest ``val_dice`` first."""
+
+    name: str
+    experiment_dir: Path
+    trials: list[TrialRecord]
+    study: optuna.Study | None
+    pareto_ids: list[str]
+    notes: list[str]
+
+    @property
+    def best(self) -> TrialRecord | None:
+        """The Pareto trial with the highest ``val_dice``; without a front, the trial with the best report."""
+        by_id = {t.trial_id: t for t in self.trials}
+        if self.pareto_ids and self.pareto_ids[0] in by_id:
+            return by_id[self.pareto_ids[0]]
+        scored = [t for t in self.trials if t.best_report() is not None]
+        return max(scored, key=lambda t: t.best_report()[METRIC], default=None)
+
+
+def load_sweep(experiment_dir: str | Path, *, journal: str | Path | None = None,
+               study_name: str | None = None) -> SweepResults:
+    """Read a sweep's Tune results and its Optuna study (``<dir>/optuna_journal.log`` unless ``journal``).
+
+    ``study_name``: default the journal's only study, else the experiment directory's name (the driver's
+    default). A missing journal is not an error: states then come from Tune and the page says so.
+    """
+    from ray.tune import ExperimentAnalysis
+
+    experiment_dir = Path(experiment_dir).absolute()
+    try:
+        analysis = ExperimentAnalysis(str(experiment_dir))
+    except (ValueError, FileNotFoundError) as err:
+        raise InputError(f"{experiment_dir}: not a Tune experiment directory ({err})") from None
+    notes: list[str] = []
+    study = load_study(Path(journal) if journal else experiment_dir / JOURNAL_FILE, study_name or experiment_dir.name,
+                       notes)
+    states = {t.user_attrs.get(RAY_TRIAL_ID_ATTR): t.state.name for t in study.trials} if study else {}
+    trials = []
+    for trial in analysis.trials:
+        history = analysis.trial_dataframes.get(trial.trial_id, pd.DataFrame())
+        if "step" in history:
+            history = history.sort_values("step", kind="stable").reset_index(drop=True)
+        trials.append(TrialRecord(trial.trial_id, dict(trial.config), states.get(trial.trial_id, trial.status),
+                                  history))
+    pareto = []
+    if study is not None:
+        front = sorted(study.best_trials, key=lambda t: -t.values[0])
+        pareto = [t.user_attrs.get(RAY_TRIAL_ID_ATTR, f"optuna-{t.number}") for t in front]
+    return SweepResults(experiment_dir.name, experiment_dir, trials, study, pareto, notes)
+
+
+def load_study(journal: Path, default_name: str, notes: list[str]) -> optuna.Study | None:
+    """The sweep's Optuna study from its journal file, or None (with a note) if there is none."""
+    if not journal.is_file():
+        notes.append(f"no Optuna journal at {journal}: trial states come from Tune, no Pareto front or "
+                     "importances")
+        return None
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    names = optuna.get_all_study_names(storage)
+    name = default_name if default_name in names or len(names) != 1 else names[0]
+    if name not in names:
+        notes.append(f"{journal} has no study {name!r} (it has {names})")
+        return None
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+# --- figures: each draws one PNG or raises FigureUnavailable -------------------------------------------
+
+
+def _finite(value: float) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def plot_pareto(sweep: SweepResults, path: Path) -> None:
+    """val_dice vs val_ap75 of every trial by status; the Pareto front joined; the best trial starred."""
+    points = [t for t in sweep.trials if _finite(t.val_dice) and _finite(t.val_ap75)]
+    if not points:
+        raise FigureUnavailable(f"no trial reported both {METRIC} and {SECOND_OBJECTIVE}")
+    fig = Figure(figsize=(6.5, 4.8), layout="constrained")
+    ax = fig.subplots()
+    for status in sorted({t.status for t in points}):
+        group = [t for t in points if t.status == status]
+        ax.scatter([t.val_dice for t in group], [t.val_ap75 for t in group], s=40,
+                   color=STATUS_COLOURS.get(status, "tab:gray"), label=f"{status} ({len(group)})")
+    by_id = {t.trial_id: t for t in points}
+    front = sorted((by_id[i] for i in sweep.pareto_ids if i in by_id), key=lambda t: t.val_dice)
+    if front:
+        ax.plot([t.val_dice for t in front], [t.val_ap75 for t in front], "k--", lw=1, label="Pareto front")
+    best = sweep.best
+    if best is not None and best.trial_id in by_id:
+        ax.scatter([best.val_dice], [best.val_ap75], marker="*", s=300, color="gold", edgecolor="black",
+                   zorder=3, label=f"best: {best.trial_id}")
+    ax.set(xlabel=f"{METRIC} (last report)", ylabel=f"{SECOND_OBJECTIVE} (last report)", title="Pareto front")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=100)
+
+
+def compute_events(sweep: SweepResults) -> pd.DataFrame:
+    """Every report of every trial in time order: ``minutes`` since the sweep began, ``steps`` spent in total
+    so far (each trial's step increments, all trials together) and ``best`` val_dice so far."""
+    frames = []
+    for t in sweep.trials:
+        h = t.history
+        if h.empty or not {"step", "timestamp", "time_total_s"} <= set(h):
+            continue
+        frames.append(pd.DataFrame({
+            "start": h["timestamp"].iloc[0] - h["time_total_s"].iloc[0], "timestamp": h["timestamp"],
+            "time_total_s": h["time_total_s"], "spent": h["step"].diff().fillna(h["step"]).clip(lower=0),
+            METRIC: h[METRIC] if METRIC in h else np.nan}))
+    if not frames:
+        return pd.DataFrame(columns=["minutes", "steps", "best"])
+    events = pd.concat(frames).sort_values(["timestamp", "time_total_s"], kind="stable")
+    return pd.DataFrame({
+        "minutes": (events["timestamp"] - events["start"].min()) / 60.0,
+        "steps": events["spent"].cumsum(),
+        "best": events[METRIC].fillna(-np.inf).cummax().replace(-np.inf, np.nan),
+    }).reset_index(drop=True)
+
+
+def plot_best_so_far(sweep: SweepResults, path: Path) -> None:
+    """Best val_dice so far against total trial steps spent and against wall-clock minutes."""
+    events = compute_events(sweep)
+    if events["best"].isna().all():
+        raise FigureUnavailable(f"no trial reported {METRIC}")
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    by_steps, by_time = fig.subplots(1, 2, sharey=True)
+    by_steps.plot(events["steps"], events["best"], drawstyle="steps-post", marker=".")
+    by_steps.set(xlabel="trial steps spent (all trials)", ylabel=f"best {METRIC} so far")
+    by_time.plot(events["minutes"], events["best"], drawstyle="steps-post", marker=".", color="tab:green")
+    by_time.set(xlabel="wall-clock minutes since the first trial started")
+    for ax in (by_steps, by_time):
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"Best {METRIC} so far against compute")
+    fig.savefig(path, dpi=100)
+
+
+def parallel_axes(trials: Sequence[TrialRecord]) -> tuple[list[str], np.ndarray, list[list[tuple[float, str]]]]:
+    """Axis names (hyperparameters, then val_dice), values scaled to [0, 1] per axis (trials x axes; nan
+    when missing), and per axis (position, label) ticks. Positive numbers spanning a factor >= 10 are
+    log-scaled; non-numeric values are placed as evenly spaced categories."""
+    names = sorted({k for t in trials for k in t.params})
+    columns = [[t.params.get(n) for t in trials] for n in names] + [[t.val_dice for t in trials]]
+    scaled, ticks = [], []
+    for values in columns:
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values if v is not None)
+        if numeric:
+            raw = np.array([np.nan if v is None else float(v) for v in values])
+            finite = raw[np.isfinite(raw)]
+            log = finite.size > 0 and finite.min() > 0 and finite.max() / finite.min() >= 10
+            axis = np.log10(raw) if log else raw
+            low, high = (np.nanmin(axis), np.nanmax(axis)) if finite.size else (0.0, 1.0)
+            span = high - low or 1.0
+            scaled.append((axis - low) / span if high > low else np.where(np.isfinite(axis), 0.5, np.nan))
+            ends = [(0.0, low), (1.0, high)] if high > low else [(0.5, low)]
+            ticks.append([(pos, f"{10 ** v if log else v:.3g}") for pos, v in ends])
+        else:
+            categories = sorted({str(v) for v in values})
+            positions = np.linspace(0, 1, len(categories)) if len(categories) > 1 else [0.5]
+            place = dict(zip(categories, positions))
+            scaled.append(np.array([place[str(v)] for v in values], dtype=float))
+            ticks.append([(place[c], c) for c in categories])
+    return names + [METRIC], np.array(scaled).T, ticks
+
+
+def plot_parallel_coordinates(sweep: SweepResults, path: Path) -> None:
+    """One line per trial across its hyperparameters and val_dice, coloured by val_dice (grey: none)."""
+    if not sweep.trials or not any(t.params for t in sweep.trials):
+        raise FigureUnavailable("no trial has sampled hyperparameters")
+    names, values, ticks = parallel_axes(sweep.trials)
+    dice = np.array([t.val_dice for t in sweep.trials])
+    finite = dice[np.isfinite(dice)]
+    norm = Normalize(finite.min(), finite.max()) if finite.size else Normalize(0, 1)
+    cmap = ScalarMappable(norm=norm, cmap="viridis")
+    fig = Figure(figsize=(max(6.0, 2.0 * len(names)), 4.8), layout="constrained")
+    ax = fig.subplots()
+    x = np.arange(len(names))
+    for row, d in zip(values, dice):
+        if math.isfinite(d):
+            ax.plot(x, row, color=cmap.to_rgba(d), lw=2, alpha=0.9, marker="o")
+        else:
+            ax.plot(x, row, color="gray", lw=1.5, ls="--", marker="o", alpha=0.7)
+    for i, axis_ticks in enumerate(ticks):
+        ax.axvline(i, color="black", lw=0.8)
+        for pos, label in axis_ticks:
+            ax.annotate(label, (i, pos), xytext=(4, 0), textcoords="offset points", fontsize=8, va="center")
+    ax.set_xticks(x, names, rotation=20, ha="right")
+    ax.set_yticks([])
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title(f"Hyperparameters of each trial (colour: last {METRIC}; grey dashed: none reported)")
+    fig.colorbar(cmap, ax=ax, label=METRIC)
+    fig.savefig(path, dpi=100)
+
+
+def param_importances(study: optuna.Study) -> dict[str, dict[str, float]]:
+    """Optuna's fANOVA importance of each hyperparameter for each objective (COMPLETE trials only)."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(complete) < 2:
+        raise FigureUnavailable(f"parameter importances need at least 2 completed trials; this sweep has "
+                                f"{len(complete)}")
+    importances = {}
+    for index, objective in enumerate((METRIC, SECOND_OBJECTIVE)):
+        try:
+            importances[objective] = get_param_importances(
+                study, evaluator=FanovaImportanceEvaluator(seed=0), target=lambda t, i=index: t.values[i])
+        except (ValueError, RuntimeError) as err:
+            raise FigureUnavailable(f"Optuna could not compute importances for {objective}: {err}") from None
+    if not any(importances.values()):
+        raise FigureUnavailable("the completed trials vary no hyperparameter")
+    return importances
+
+
+def plot_importances(sweep: SweepResults, path: Path) -> None:
+    """Horizontal bars: each hyperparameter's importance for val_dice and for val_ap75."""
+    if sweep.study is None:
+        raise FigureUnavailable("no Optuna study was found for this sweep")
+    importances = param_importances(sweep.study)
+    names = sorted({n for values in importances.values() for n in values})
+    fig = Figure(figsize=(7, 1.2 + 0.6 * len(names)), layout="constrained")
+    ax = fig.subplots()
+    y = np.arange(len(names))
+    height = 0.8 / len(importances)
+    for k, (objective, values) in enumerate(importances.items()):
+        ax.barh(y + k * height, [values.get(n, 0.0) for n in names], height=height, label=objective)
+    ax.set_yticks(y + height * (len(importances) - 1) / 2, names)
+    ax.set(xlabel="importance (fANOVA, sums to 1 per objective)", title="Hyperparameter importances")
+    ax.legend()
+    fig.savefig(path, dpi=100)
+
+
+def plot_learning_curves(sweep: SweepResults, path: Path) -> None:
+    """val_dice and train_loss against step, one line per trial; trials that did not complete end in an X."""
+    if not any(k in t.history for t in sweep.trials for k in (METRIC, "train_loss")):
+        raise FigureUnavailable(f"no trial reported {METRIC} or train_loss")
+    fig = Figure(figsize=(11, 4.5), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for t in sweep.trials:
+        label = f"{t.trial_id} ({t.status}, {t.steps} steps)"
+        for ax, key in zip(axes, (METRIC, "train_loss")):
+            if key not in t.history or "step" not in t.history:
+                continue
+            h = t.history.dropna(subset=[key])
+            if h.empty:
+                continue
+            line, = ax.plot(h["step"], h[key], marker=".", label=label)
+            if t.status != "COMPLETE":
+                ax.plot(h["step"].iloc[-1], h[key].iloc[-1], marker="X", ms=11, color=line.get_color())
+    for ax, key in zip(axes, (METRIC, "train_loss")):
+        ax.set(xlabel="step", ylabel=key, title=f"{key} by step")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.savefig(path, dpi=100)
+
+
+def plot_per_category(sweep: SweepResults, path: Path) -> None:
+    """Dice and AP75 per CASS category at the best trial's best report (n/a: no value for that category)."""
+    best = sweep.best
+    report = best.best_report() if best else None
+    if report is None:
+        raise FigureUnavailable(f"no trial reported {METRIC}")
+    keys = [(f"{METRIC}/{c.short_name}", f"{SECOND_OBJECTIVE}/{c.short_name}") for c in CASS_CATEGORIES]
+    if not any(k in report for pair in keys for k in pair):
+        raise FigureUnavailable(f"the best trial reported no per-category metrics ({METRIC}/<short_name>)")
+    fig = Figure(figsize=(12, 4.8), layout="constrained")
+    ax = fig.subplots()
+    x = np.arange(len(CASS_CATEGORIES))
+    for offset, column, label in ((-0.2, 0, "Dice"), (0.2, 1, "AP75")):
+        values = np.array([float(report.get(pair[column], np.nan)) for pair in keys])
+        ax.bar(x + offset, np.nan_to_num(values), width=0.4, label=label)
+        for xi, v in zip(x, values):
+            if not math.isfinite(v):
+                ax.annotate("n/a", (xi + offset, 0.0), ha="center", va="bottom", fontsize=7, rotation=90)
+    ax.set_xticks(x, [c.short_name for c in CASS_CATEGORIES], rotation=35, ha="right")
+    ax.set(ylim=(0, 1.05), ylabel="score",
+           title=f"Per-category scores of {best.trial_id} at step {int(report.get('step', 0))}")
+    ax.legend()
+    fig.savefig(path, dpi=100)
+
+
+# --- the page -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Section:
+    """One part of the page: its images (file names relative to the page) or a note saying why none."""
+
+    title: str
+    caption: str
+    images: list[str]
+    note: str | None = None
+
+
+FIGURES: list[tuple[str, str, Callable[[SweepResults, Path], None], str]] = [
+    ("Pareto front", "pareto.png", plot_pareto,
+     f"Last {METRIC} and {SECOND_OBJECTIVE} of every trial; the dashed line joins Optuna's Pareto-optimal "
+     "completed trials; the star is the best trial (highest Dice on the front)."),
+    ("Best so far against compute", "best_so_far.png", plot_best_so_far,
+     f"Running maximum of every reported {METRIC}, against the trial steps spent by all trials together and "
+     "against wall-clock time."),
+    ("Hyperparameters", "parallel_coordinates.png", plot_parallel_coordinates,
+     "Parallel coordinates: one line per trial; each axis spans the sampled range (log where it covers a "
+     "factor of 10 or more)."),
+    ("Parameter importances", "importances.png", plot_importances,
+     "Optuna's fANOVA importances over completed trials, one bar per objective."),
+    ("Learning curves", "learning_curves.png", plot_learning_curves,
+     "Each trial's validation Dice and mean training loss by step. Trials stopped early by ASHA (PRUNED) "
+     "or failed (FAIL: diverged or errored) end early, marked X."),
+    ("Per-category scores of the best trial", "per_category.png", plot_per_category,
+     "Dice and AP75 for each of the 14 CASS segments at the best trial's best validation."),
+]
+
+
+def make_figure(sweep: SweepResults, out_dir: Path, title: str, file_name: str,
+                plot: Callable[[SweepResults, Path], None], caption: str) -> Section:
+    """Draw one figure into ``out_dir``; a :class:`FigureUnavailable` becomes the section's note."""
+    try:
+        plot(sweep, out_dir / file_name)
+    except FigureUnavailable as why:
+        return Section(title, caption, [], note=str(why))
+    return Section(title, caption, [file_name])
+
+
+def overlay_section(export_dir: Path | None, out_dir: Path, max_images: int) -> Section:
+    """Prediction overlays of the exported best checkpoint, or a note when there is none."""
+    from sweeps import overlays
+
+    title = "Predictions on validation images"
+    caption = ("Left: ground truth; right: the exported checkpoint's masks (queries scoring at least the trial's "
+               "score_threshold); one colour per CASS segment.")
+    if export_dir is None:
+        return Section(title, caption, [], note="no exported checkpoint given: pass --export DIR (a directory "
+                       "written by sweeps/export.py) to draw predictions")
+    try:
+        paths = overlays.write_overlays(export_dir, out_dir, max_images)
+    except (InputError, OSError) as err:
+        return Section(title, caption, [], note=f"could not draw predictions from {export_dir}: {err}")
+    if not paths:
+        return Section(title, caption, [], note=f"the validation set of {export_dir} has no images")
+    return Section(title, caption, [p.name for p in paths])
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "n/a" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def trials_table(sweep: SweepResults) -> str:
+    """The trials as an HTML table, best first (Pareto trials marked)."""
+    params = sorted({k for t in sweep.trials for k in t.params})
+    head = ["trial", "status", "steps", *params, METRIC, SECOND_OBJECTIVE, f"best {METRIC}", "Pareto"]
+    best = sweep.best
+    rows = []
+    for t in sorted(sweep.trials, key=lambda t: -t.val_dice if _finite(t.val_dice) else math.inf):
+        report = t.best_report()
+        cells = [t.trial_id + (" ★" if best is not None and t.trial_id == best.trial_id else ""), t.status,
+                 t.steps, *[t.params.get(p, "") for p in params], t.val_dice, t.val_ap75,
+                 math.nan if report is None else float(report[METRIC]), "yes" if t.trial_id in sweep.pareto_ids
+                 else ""]
+        rows.append("<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in cells) + "</tr>")
+    header = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
+    return f"<table>\n{header}\n" + "\n".join(rows) + "\n</table>"
+
+
+STYLE = """
+body { font-family: sans-serif; max-width: 1200px; margin: 2em auto; color: #222; }
+table { border-collapse: collapse; font-size: 0.85em; }
+td, th { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
+th { background: #eee; }
+img { max-width: 100%; border: 1px solid #ddd; margin: 4px 0; }
+.note { background: #fff4d6; border-left: 4px solid #e0a800; padding: 0.5em 1em; }
+figcaption { color: #555; font-size: 0.9em; }
+"""
+
+
+def render_html(sweep: SweepResults, sections: Sequence[Section]) -> str:
+    """The page: summary, notes, trials table, then each section's images or its note."""
+    complete = sum(t.status == "COMPLETE" for t in sweep.trials)
+    best = sweep.best
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>Sweep report: {html.escape(sweep.name)}</title><style>{STYLE}</style></head><body>",
+        f"<h1>Sweep report: {html.escape(sweep.name)}</h1>",
+        f"<p>{len(sweep.trials)} trials, {complete} completed; Pareto front of {len(sweep.pareto_ids)}; best trial "
+        f"{html.escape(best.trial_id) if best else 'none'}. Experiment directory: "
+        f"<code>{html.escape(str(sweep.experiment_dir))}</code>.</p>",
+        *[f'<p class="note">{html.escape(n)}</p>' for n in sweep.notes],
+        "<h2>Trials</h2>", trials_table(sweep),
+    ]
+    for s in sections:
+        parts.append(f"<h2>{html.escape(s.title)}</h2>")
+        if s.note:
+            parts.append(f'<p class="note">Not available: {html.escape(s.note)}</p>')
+        for image in s.images:
+            parts.append(f'<figure><img src="{html.escape(image)}" alt="{html.escape(s.title)}">'
+                         f"<figcaption>{html.escape(s.caption)}</figcaption></figure>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def build_report(experiment_dir: str | Path, out_dir: str | Path, *, export_dir: str | Path | None = None,
+                 journal: str | Path | None = None, study_name: str | None = None,
+                 overlay_images: int = 4) -> Path:
+    """Write ``index.html`` and its figures into ``out_dir``; return the page's path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sweep = load_sweep(experiment_dir, journal=journal, study_name=study_name)
+    sections = [make_figure(sweep, out_dir, *figure) for figure in FIGURES]
+    sections.append(overlay_section(Path(export_dir) if export_dir else None, out_dir, overlay_images))
+    page = out_dir / "index.html"
+    page.write_text(render_html(sweep, sections), encoding="utf-8")
+    return page
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line: build the report and print where it is."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("experiment_dir", help="the sweep's experiment directory (<storage_path>/<name>)")
+    parser.add_argument("--out", required=True, help="folder for index.html and its figures")
+    parser.add_argument("--export", help="an exported checkpoint directory (sweeps/export.py) for overlays")
+    parser.add_argument("--journal", help=f"the Optuna journal (default <experiment_dir>/{JOURNAL_FILE})")
+    parser.add_argument("--study", help="the Optuna study name (default: the journal's only study)")
+    parser.add_argument("--overlay-images", type=int, default=4, help="validation images to overlay")
+    args = parser.parse_args(argv)
+    page = build_report(args.experiment_dir, args.out, export_dir=args.export, journal=args.journal,
+                        study_name=args.study, overlay_images=args.overlay_images)
+    print(f"report: {page}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
