@@ -239,7 +239,7 @@ def choose(histories: Mapping[str, Any], pick: str, front: Sequence[ParetoRow] |
     if not candidates:
         raise InputError(f"no report with {metric} saved a checkpoint (no 'checkpoint_path' in any trial's "
                          f"history: did the trials run through TuneReportCallback?)")
-    return [max(candidates, key=lambda c: getattr(c, metric))]
+    return [max(candidates, key=lambda c: c.val_dice if pick == "dice" else c.val_ap75)]
 
 
 def _has_values(history, column: str) -> bool:
@@ -263,14 +263,14 @@ def _choice(trial_id: str, history, checkpoint_path: str) -> Choice:
 
 def _study_config(experiment: str, journal: str | None, study_name: str | None) -> SweepConfig:
     """A :class:`SweepConfig` naming only the study (all that ``stage2.pareto_front`` reads of it)."""
-    name = experiment.rstrip("/").rsplit("/", 1)[-1]
+    storage_path, _, name = experiment.rstrip("/").rpartition("/")
     if journal is None:
         if is_uri(experiment):
             raise InputError(f"{experiment}: pass --optuna-journal (the study's journal is a local/NFS file)")
         journal = str(Path(experiment) / "optuna_journal.log")
     if not Path(journal).is_file():
         raise InputError(f"{journal}: Optuna journal not found (pass --optuna-journal)")
-    return SweepConfig(name=name, storage_path=experiment, search_space="", trial=TrialConfig(),
+    return SweepConfig(name=name, storage_path=storage_path, search_space="", trial=TrialConfig(),
                        searcher=SearcherConfig(storage=journal, study_name=study_name or name))
 
 
@@ -313,7 +313,10 @@ def _export_one(fs: pyarrow.fs.FileSystem, source: str, choice: Choice, folder: 
                   "native grid; build_model(preset), load_native, then set_resolution(resolution)",
     })
     write_manifest(folder)
-    check = check_loads(folder / MODEL_FILE, cfg.preset, cfg.resolution)
+    try:
+        check = check_loads(folder / MODEL_FILE, cfg.preset, cfg.resolution)
+    except InputError as err:  # name the trial's file (the staged copy is byte-identical and goes away)
+        raise InputError(str(err).replace(str(folder / MODEL_FILE), f"{source}/{MODEL_FILE}")) from None
     return ExportedModel(directory=folder, trial_id=choice.trial_id, step=choice.step, trial_config=cfg,
                          metrics=metrics, source_checkpoint=source, check=check)
 

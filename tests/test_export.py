@@ -217,6 +217,13 @@ def test_a_missing_experiment_exits_2_and_creates_nothing(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_a_folder_that_is_not_a_tune_experiment_exits_2(tmp_path, capsys):
+    (tmp_path / "sweep").mkdir()
+    assert run_cli(main, [str(tmp_path / "sweep"), "--out", str(tmp_path / "best")]) == 2
+    assert "not a Tune experiment folder" in capsys.readouterr().err
+    assert not (tmp_path / "best").exists()
+
+
 def test_a_corrupt_best_checkpoint_exits_2_and_leaves_no_out(experiment, tmp_path, dice_export, capsys):
     moved = tmp_path / "moved" / experiment.name  # a copy: its own checkpoints are the ones read
     shutil.copytree(experiment, moved)
@@ -266,3 +273,9 @@ def test_an_empty_pareto_front_is_refused():
     saved = history({"step": 1, "val_dice": 0.5, "val_ap75": 0.1, "checkpoint_path": "/x/c1"})
     with pytest.raises(InputError, match="Pareto front is empty"):
         choose({"t1": saved}, "pareto", front=[])
+
+
+def test_a_pyarrow_uri_experiment_is_read_through_its_filesystem(experiment, tmp_path, dice_export):
+    result = export_best(f"file://{experiment}", tmp_path / "best", pick="dice")
+    (model,) = result.models
+    assert model.step == 2 and model.model_path.read_bytes() == (dice_export.out / "model.pt").read_bytes()
