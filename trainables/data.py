@@ -267,5 +267,8 @@ def build_loader(cfg: TrialConfig, split: str, *, rank: int = 0, world_size: int
     else:
         sampler = _ValSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
         collate_fn = collate
+    # A loader of its own RNG: every new iterator draws a base seed, which would otherwise come from the
+    # global torch RNG and make a resumed trial's dropout stream differ from the uninterrupted one.
+    generator = torch.Generator().manual_seed(cfg.seed + rank)
     return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate_fn,
-                      num_workers=num_workers)
+                      num_workers=num_workers, generator=generator)

@@ -47,15 +47,19 @@ def predictions_from_output(out: dict, metadata, max_dets: int = MAX_DETS_PER_PR
     return preds
 
 
-def gather_evaluator(evaluator: CassEvaluator) -> CassEvaluator:
-    """Merge every rank's evaluator state into one (a no-op without a process group)."""
+def evaluate_across_ranks(evaluator: CassEvaluator) -> dict[str, float]:
+    """Merge every rank's evaluator state on rank 0, score it there, and hand the metrics to all ranks."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return evaluator
-    states = [None] * dist.get_world_size()
-    dist.all_gather_object(states, evaluator.state())
-    merged = evaluator.empty_copy()
-    merged.merge(states)
-    return merged
+        return evaluator.evaluate()
+    states = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(evaluator.state(), states, dst=0)
+    metrics = [None]
+    if dist.get_rank() == 0:
+        merged = evaluator.empty_copy()
+        merged.merge(states)
+        metrics = [merged.evaluate()]
+    dist.broadcast_object_list(metrics, src=0)
+    return metrics[0]
 
 
 @torch.no_grad()
@@ -71,4 +75,4 @@ def validate(model: nn.Module, loader, evaluator: CassEvaluator, device: torch.d
             evaluator.process(predictions_from_output(out, batch.find_metadatas[0]))
     finally:
         model.train(was_training)
-    return gather_evaluator(evaluator).evaluate()
+    return evaluate_across_ranks(evaluator)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import random
 import tempfile
 import time
@@ -80,27 +81,58 @@ def all_ranks_finite(value: torch.Tensor) -> bool:
     return bool(bad.item() == 0)
 
 
+def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
+    """Average scalar training statistics over the workers (one all-reduce), so rank 0 reports all."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    keys = sorted(values)
+    tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    dist.all_reduce(tensor)
+    return dict(zip(keys, (tensor / dist.get_world_size()).tolist()))
+
+
+def loss_or_nan(model: nn.Module, chunk, loss_fn) -> tuple[torch.Tensor, dict[str, float]]:
+    """sam3's training-step loss, or NaN when non-finite outputs made its Hungarian matcher give up.
+
+    sam3 matches predictions to targets inside the forward (``sam3/train/matcher.py``, scipy's
+    ``linear_sum_assignment``), which raises "matrix contains invalid numeric entries" on NaN/inf costs:
+    for the divergence guard that is a non-finite loss like any other.
+    """
+    try:
+        return training_step_loss(model, chunk, loss_fn)
+    except ValueError as err:
+        if "invalid numeric entries" not in str(err):
+            raise
+        return torch.tensor(float("nan")), {}
+
+
 def train_step(model: nn.Module, batch, loss_fn, optimizer: torch.optim.Optimizer,
                scheduler, cfg: TrialConfig) -> tuple[torch.Tensor, dict[str, float]]:
     """One optimizer step: forward/backward per prompt chunk, clip, step. Returns (loss, components).
 
     Under DDP the gradients are all-reduced once, on the last chunk (``no_sync`` before it): each
     chunk's loss is already weighted by its share of the batch, so the sum is the unchunked gradient.
+    Every rank votes on its chunk loss being finite before any backward; a non-finite loss (or gradient
+    norm) on any rank returns NaN on every rank with the weights untouched, so all ranks stop together.
     """
     optimizer.zero_grad(set_to_none=True)
     chunks = list(iter_prompt_chunks(batch, cfg.category_chunk_size))
     total = torch.zeros(())
     components: dict[str, float] = {}
+    nan = torch.tensor(float("nan"))
     for index, (chunk, weight) in enumerate(chunks):
         sync = index == len(chunks) - 1 or not isinstance(model, DistributedDataParallel)
         with (contextlib.nullcontext() if sync else model.no_sync()), autocast_context(cfg.precision):
-            loss, parts = training_step_loss(model, chunk, loss_fn)
+            loss, parts = loss_or_nan(model, chunk, loss_fn)
+            if not all_ranks_finite(loss):
+                return nan, {}
             (loss * weight).backward()
         total = total + loss.detach().float().cpu() * weight
         for key, value in parts.items():
             components[key] = components.get(key, 0.0) + value * weight
-    if cfg.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+    if not torch.isfinite(grad_norm):  # identical on every rank: gradients are already all-reduced
+        return nan, {}
     optimizer.step()
     scheduler.step()
     return total, components
@@ -131,12 +163,11 @@ def run_trial(cfg: TrialConfig, *, rank: int = 0, world_size: int = 1, device: t
         freeze_text_encoder(model)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg)
-    step = 0
+    step, state = 0, None
     if resume_from is not None:
         state = load_trainer_state(resume_from)
         optimizer.load_state_dict(state.optimizer)
         scheduler.load_state_dict(state.scheduler)
-        restore_rng(state.rng)
         step = state.step
         log.info("resumed at step %d (lr %s)", step, scheduler.get_last_lr())
     train_model = wrap_ddp(model) if world_size > 1 else model
@@ -147,6 +178,8 @@ def run_trial(cfg: TrialConfig, *, rank: int = 0, world_size: int = 1, device: t
     val_loader = build_loader(cfg, "val", rank=rank, world_size=world_size)
     evaluator = CassEvaluator(val_loader.dataset.coco_gt(), score_threshold=cfg.score_threshold)
     batches = endless_batches(train_loader, step)
+    if state is not None:
+        restore_rng(state.rng)  # last, so nothing built above draws from the restored streams
 
     # 3. Train, validating and checkpointing every val_every steps
     window: list[float] = []
@@ -155,7 +188,7 @@ def run_trial(cfg: TrialConfig, *, rank: int = 0, world_size: int = 1, device: t
     while step < cfg.max_steps:
         loss, components = train_step(train_model, next(batches), loss_fn, optimizer, scheduler, cfg)
         step += 1
-        if not all_ranks_finite(loss):
+        if not torch.isfinite(loss):  # every rank agreed inside train_step
             report(diverged_report(step), None)
             log.warning("trial diverged at step %d: non-finite loss; last good checkpoint kept", step)
             return
@@ -165,8 +198,9 @@ def run_trial(cfg: TrialConfig, *, rank: int = 0, world_size: int = 1, device: t
         if step % cfg.val_every == 0 or step == cfg.max_steps:
             seconds_per_step = (time.perf_counter() - step_time) / len(window)
             metrics = validate(model, val_loader, evaluator, device)
-            metrics.update({f"train_{k}": v / len(window) for k, v in window_parts.items()})
-            metrics.update(step=step, epoch=step / len(train_loader), train_loss=float(np.mean(window)),
+            metrics.update(mean_over_ranks({f"train_{k}": v / len(window) for k, v in window_parts.items()}
+                                           | {"train_loss": float(np.mean(window))}))
+            metrics.update(step=step, epoch=step / len(train_loader),
                            diverged=False, lr=scheduler.get_last_lr()[0], seconds_per_step=seconds_per_step)
             with tempfile.TemporaryDirectory() as tmp:
                 checkpoint = None
