@@ -9,26 +9,11 @@ import pytest
 import torch
 
 from data_prep.errors import InputError
+from data_prep.phase1_format import write_phase1_checkpoint
 from data_prep.weight_surgery import extra_path, main
 from trainables.checkpoint import PREFIX, load_native, safe_torch_load, save_native
 from trainables.model import build_model
 from trainables.resolution import global_attention_blocks, rope_table, set_resolution
-
-
-def make_phase1_checkpoint(model: torch.nn.Module, path: Path, *, resolution: int = 448) -> dict:
-    """Write ``model`` as a Phase 1 training run saved it; return the written state.
-
-    Keys prefixed ``sam3.`` inside ``{"model": ...}`` (plus an ``epoch``), fake custom heads ``seg_head.*``
-    and ``view_encoder.*``, and RoPE tables at ``resolution`` rather than the native grid.
-    """
-    state = {f"sam3.{k}": v.clone() for k, v in model.state_dict().items()}
-    for name, attn in global_attention_blocks(model).items():
-        state[f"sam3.{name}.freqs_cis"] = rope_table(attn, resolution // 14)
-    state["seg_head.conv.weight"] = torch.randn(8, 64, 3, 3)
-    state["seg_head.conv.bias"] = torch.zeros(8)
-    state["view_encoder.embed.weight"] = torch.randn(4, 64)
-    torch.save({"model": state, "epoch": 12}, path)
-    return state
 
 
 def surgery_cli(src: Path, dst: Path, *extra: str) -> int:
@@ -53,7 +38,7 @@ def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
 
 def test_phase1_file_surgers_into_the_native_format_and_loads_bitwise(source, tmp_path, capsys):
     src, dst = tmp_path / "phase1.pth", tmp_path / "native.pt"
-    make_phase1_checkpoint(source, src, resolution=448)
+    write_phase1_checkpoint(source, src, resolution=448)
     assert surgery_cli(src, dst) == 0
     report = capsys.readouterr().out
     assert "no missing, unexpected or wrong-shape tensors" in report and "set aside 3" in report
@@ -76,7 +61,7 @@ def test_surgered_file_loads_through_sams_own_builder_path_with_nothing_missing(
     from sam3.model_builder import _load_checkpoint
 
     src, dst = tmp_path / "phase1.pth", tmp_path / "native.pt"
-    make_phase1_checkpoint(source, src)
+    write_phase1_checkpoint(source, src)
     assert surgery_cli(src, dst) == 0
     capsys.readouterr()
     target = build_model("tiny", seed=99)
@@ -116,7 +101,7 @@ def test_a_native_file_without_the_detector_prefix_is_refused(source, tmp_path):
 
 def test_a_missing_tensor_is_refused_unless_allowed_by_pattern(source, tmp_path, capsys):
     src, dst = tmp_path / "phase1.pth", tmp_path / "native.pt"
-    state = make_phase1_checkpoint(source, src)
+    state = write_phase1_checkpoint(source, src)
     del state["sam3.transformer.decoder.presence_token.weight"]
     torch.save({"model": state}, src)
     assert surgery_cli(src, dst) == 2
@@ -129,7 +114,7 @@ def test_a_missing_tensor_is_refused_unless_allowed_by_pattern(source, tmp_path,
 
 def test_a_wrong_shape_is_refused(source, tmp_path, capsys):
     src, dst = tmp_path / "phase1.pth", tmp_path / "native.pt"
-    state = make_phase1_checkpoint(source, src)
+    state = write_phase1_checkpoint(source, src)
     state["sam3.dot_prod_scoring.hs_proj.weight"] = torch.zeros(32, 64)
     torch.save({"model": state}, src)
     assert surgery_cli(src, dst) == 2
@@ -141,7 +126,7 @@ def test_a_wrong_shape_is_refused(source, tmp_path, capsys):
 
 def test_an_unexpected_sam3_tensor_is_refused(source, tmp_path, capsys):
     src, dst = tmp_path / "phase1.pth", tmp_path / "native.pt"
-    state = make_phase1_checkpoint(source, src)
+    state = write_phase1_checkpoint(source, src)
     state["sam3.transformer.decoder.extra_layer.weight"] = torch.zeros(2)
     torch.save({"model": state}, src)
     assert surgery_cli(src, dst) == 2

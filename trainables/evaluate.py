@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from sam3.model.utils.misc import copy_data_to_device
 from torch import nn
 
+from trainables.config import TrialConfig
 from trainables.metrics import CassEvaluator, PromptPrediction
 
 MAX_DETS_PER_PROMPT = 20  # highest-scoring queries kept per (image, prompt) for AP; the rest score ~0
@@ -76,3 +77,12 @@ def validate(model: nn.Module, loader, evaluator: CassEvaluator, device: torch.d
     finally:
         model.train(was_training)
     return evaluate_across_ranks(evaluator)
+
+
+def evaluate_model(model: nn.Module, cfg: TrialConfig, device: torch.device | None = None) -> dict[str, float]:
+    """Score a model on ``cfg``'s validation split in this process (e.g. an exported checkpoint)."""
+    from trainables.data import build_loader
+
+    loader = build_loader(cfg, "val")
+    evaluator = CassEvaluator(loader.dataset.coco_gt(), score_threshold=cfg.score_threshold)
+    return validate(model, loader, evaluator, device or torch.device("cpu"))

@@ -1,0 +1,140 @@
+"""``make demo``: the whole Stage 2 pipeline on the embedded default, end to end, on one machine.
+
+    python -m sweeps.demo --out demo_out
+
+1. synthetic angiograms (COCO, 14 CASS categories), validated;
+2. a tiny SAM3-architecture "Phase 1" checkpoint in the Phase 1 wrapper's format, then weight surgery
+   into SAM3's native format (verified by a strict load);
+3. the local sweep (``sweeps/configs/local.yaml``: Ray Tune + Optuna + ASHA, 2 Gloo workers per trial)
+   starting from the surgered weights;
+4. export of the best checkpoint, re-evaluated on the validation set (must match the reported Dice);
+5. the HTML sweep report.
+
+Every step prints where its output is; a second run reuses finished steps (delete ``--out`` to start over).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script path: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+
+import yaml  # noqa: E402
+
+from data_prep.errors import run_cli  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+LOCAL_CONFIG = REPO / "sweeps" / "configs" / "local.yaml"
+
+
+def banner(text: str) -> None:
+    print(f"\n=== {text} ===", flush=True)
+
+
+def make_dataset(out: Path, synthetic: dict) -> Path:
+    """Step 1: generate (once) and validate the synthetic dataset; return its folder."""
+    from data_prep.layout import DatasetPaths
+    from data_prep.synthetic import generate_dataset
+    from data_prep.validate import validate_dataset
+
+    root = out / "data"
+    if not DatasetPaths(root).val_json.exists():
+        generate_dataset(root, n_train=synthetic["train"], n_val=synthetic["val"], size=synthetic["size"],
+                         seed=synthetic["seed"])
+    validate_dataset(DatasetPaths(root)).raise_if_errors()
+    print(f"dataset: {root} (validated)")
+    return root
+
+
+def make_surgered_checkpoint(out: Path) -> Path:
+    """Step 2: a tiny model saved as Phase 1 would have, then weight surgery to the native format."""
+    from data_prep.phase1_format import write_phase1_checkpoint
+    from data_prep.weight_surgery import surgery
+    from trainables.model import build_model
+
+    phase1, surgered = out / "phase1_tiny.pt", out / "phase1_tiny_native.pt"
+    if not surgered.exists():
+        write_phase1_checkpoint(build_model("tiny", seed=0), phase1, resolution=448)
+        print(surgery(phase1, surgered, preset="tiny"))
+    print(f"Phase 1 checkpoint: {phase1}\nsurgered (native format): {surgered}")
+    return surgered
+
+
+def write_sweep_config(out: Path, dataset: Path, checkpoint: Path) -> Path:
+    """Step 3's config: local.yaml with this demo's data, weights and output folder."""
+    raw = yaml.safe_load(LOCAL_CONFIG.read_text())
+    raw["storage_path"] = str(out / "sweeps")
+    raw["search_space"] = str(REPO / raw["search_space"])
+    raw["dataset"]["dir"] = str(dataset)
+    raw["trial"]["checkpoint"] = str(checkpoint)
+    path = out / "demo_sweep.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def run_demo_sweep(config: Path) -> Path:
+    """Step 3: the sweep (resumed if an earlier demo run was interrupted); return the experiment dir."""
+    from sweeps import stage2
+    from sweeps.config import load_sweep_config
+
+    cfg = load_sweep_config(config)
+    experiment = Path(cfg.experiment_dir)
+    finished = (experiment / "demo_finished").exists()
+    if not finished:
+        args = ["--config", str(config)] + (["--resume"] if experiment.exists() else [])
+        print("python sweeps/stage2.py " + " ".join(args))
+        if stage2.main(args) != 0:
+            raise SystemExit("the sweep failed")
+        (experiment / "demo_finished").write_text("ok\n")
+    return experiment
+
+
+def export_and_recheck(experiment: Path, out: Path) -> Path:
+    """Step 4: export the best checkpoint and re-evaluate it; the Dice must match the reported one."""
+    from sweeps.export import export_best, format_result, load_model
+    from trainables.evaluate import evaluate_model
+
+    best = out / "best"
+    result = export_best(experiment, best, pick="dice", overwrite=True)
+    print(format_result(result))
+    model = result.models[0]
+    metrics = evaluate_model(*load_model(model.directory))
+    reported = float(model.metrics["val_dice"])
+    print(f"re-evaluated val_dice {metrics['val_dice']:.6f} vs reported {reported:.6f} "
+          f"(difference {abs(metrics['val_dice'] - reported):.2e})")
+    if abs(metrics["val_dice"] - reported) > 1e-4:
+        raise SystemExit("the exported checkpoint does not reproduce its reported val_dice")
+    return best
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="demo_out", help="folder for everything the demo makes")
+    args = parser.parse_args(argv)
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    synthetic = yaml.safe_load(LOCAL_CONFIG.read_text())["dataset"]["synthetic"]
+
+    banner("1/5 synthetic angiograms")
+    dataset = make_dataset(out, synthetic)
+    banner("2/5 Phase 1 checkpoint -> weight surgery")
+    checkpoint = make_surgered_checkpoint(out)
+    banner("3/5 sweep (Ray Tune + Optuna + ASHA)")
+    experiment = run_demo_sweep(write_sweep_config(out, dataset, checkpoint))
+    banner("4/5 export the best checkpoint")
+    best = export_and_recheck(experiment, out)
+    banner("5/5 report")
+    from sweeps.report import build_report
+
+    report = build_report(experiment, out / "report", export_dir=best)
+    print(f"\ndone: data {dataset}\n      sweep {experiment}\n      best checkpoint {best}\n      report {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
