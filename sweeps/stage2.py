@@ -56,6 +56,7 @@ class SweepOutcome:
     study_name: str
     pareto_front: list[ParetoRow]
     num_trials: int
+    errors: dict[str, str]  # trial id -> its error, for trials that failed (not diverged, not stopped)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -80,6 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         ray.shutdown()
     print(format_outcome(outcome))
+    if outcome.errors and len(outcome.errors) == outcome.num_trials:
+        print(f"error: every trial failed ({outcome.num_trials}); see the errors above", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -252,7 +256,17 @@ def run_sweep(cfg: SweepConfig, spec: SearchSpec, *, resume: bool = False,
     results = tuner.fit()
     return SweepOutcome(experiment_dir=cfg.experiment_dir, optuna_journal=cfg.optuna_journal,
                         study_name=cfg.study_name, pareto_front=pareto_front(cfg, results),
-                        num_trials=len(results))
+                        num_trials=len(results), errors=trial_errors(results))
+
+
+def trial_errors(results) -> dict[str, str]:
+    """The last line of each errored trial's error, by trial id."""
+    errors = {}
+    for result in results:
+        if result.error is not None:
+            trial_id = result.metrics.get("trial_id") or Path(result.path).name
+            errors[trial_id] = str(result.error).strip().splitlines()[-1]
+    return errors
 
 
 def pareto_front(cfg: SweepConfig, results) -> list[ParetoRow]:
@@ -283,6 +297,9 @@ def format_outcome(outcome: SweepOutcome) -> str:
         params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.params.items())
         lines.append(f"  {r.trial_id}  {METRIC}={r.val_dice:.4f}  {SECOND_OBJECTIVE}={r.val_ap75:.4f}  {params}")
         lines.append(f"      best checkpoint: {r.checkpoint_path}")
+    if outcome.errors:
+        lines.append(f"failed trials ({len(outcome.errors)}):")
+        lines += [f"  {trial_id}: {error}" for trial_id, error in outcome.errors.items()]
     lines += [f"experiment dir : {outcome.experiment_dir}",
               f"optuna journal : {outcome.optuna_journal} (study {outcome.study_name})"]
     return "\n".join(lines)

@@ -37,7 +37,7 @@ def lr_factor(cfg: TrialConfig) -> Callable[[int], float]:
         # SAM3's scheduler with base_lr 1.0 is exactly the factor (warm-up, then 1/sqrt decay)
         sched = InverseSquareRootParamScheduler(base_lr=1.0, warmup_steps=warmup, cooldown_steps=0,
                                                 timescale=max(warmup, 1))
-        return lambda step: sched(step + 1, (step + 1) / cfg.max_steps)
+        return lambda step: sched(step + 1, 0.0)  # where=0: no cool-down (it divides by zero at the end)
     if cfg.schedule == "cosine":
         def cosine(step: int) -> float:
             if step < warmup:
