@@ -7,6 +7,8 @@ around is no longer supported.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import sys
 import time
 
@@ -24,26 +26,47 @@ def worker_env_vars(health_check_interval_s: float) -> dict[str, str]:
 
     - ``TORCHDYNAMO_DISABLE=1``: sam3/torchvision compile paths cost 7-30 s each on CPU workers.
     - ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``: the 2 s default dominates trial teardown (6.5 s -> 2 s at 0.5).
+    - ``RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S=600``: workers importing torch + sam3 on a busy 2-core
+      machine can take longer than the default, which leaves the trial RUNNING with no workers.
     - ``USE_LIBUV=0`` on Windows: its torch wheels lack libuv, which Gloo's TCPStore uses by default.
     """
-    env = {"TORCHDYNAMO_DISABLE": "1", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": str(health_check_interval_s)}
+    env = {"TORCHDYNAMO_DISABLE": "1", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": str(health_check_interval_s),
+           "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600"}
     if sys.platform == "win32":
         env["USE_LIBUV"] = "0"
     return env
 
 
-def init_ray(address: str | None, dashboard_host: str, env_vars: dict[str, str]) -> None:
+def init_ray(address: str | None, dashboard_host: str, env_vars: dict[str, str], *,
+             num_cpus: int | None = None) -> None:
     """Start a local Ray (``address`` None) or join a cluster, with ``env_vars`` for every process.
 
     A local Ray gets its dashboard, bound to ``dashboard_host`` (127.0.0.1): ASHA + Train needs Ray's
     State API, without which placement groups of early-stopped trials are never freed and the next trial
     waits forever for its workers. A cluster's head (``ray start --head``) already runs one.
+
+    A local Ray also gets a GCS port of its own, named in every process's ``RAY_ADDRESS``: Train's
+    placement-group cleaner connects through the State API, which refuses to guess ("Found multiple
+    active Ray instances") when another Ray runs on the same machine; the groups of finished trials then
+    leak and the sweep hangs waiting for CPUs (reproduced on a shared 2-core machine).
     """
-    runtime_env = {"env_vars": env_vars}
-    if address is None:
-        ray.init(include_dashboard=True, dashboard_host=dashboard_host, runtime_env=runtime_env)
-    else:
-        ray.init(address=address, runtime_env=runtime_env)
+    if address is not None:
+        ray.init(address=address, runtime_env={"env_vars": env_vars})
+        return
+    port = free_port()
+    os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+    try:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host=dashboard_host,
+                 runtime_env={"env_vars": {**env_vars, "RAY_ADDRESS": f"{ray.util.get_node_ip_address()}:{port}"}})
+    finally:
+        del os.environ["RAY_GCS_SERVER_PORT"]
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        return probe.getsockname()[1]
 
 
 def wait_for_tune_report_queue_drained(timeout_s: float = 120.0, poll_s: float = 0.1) -> bool:

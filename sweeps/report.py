@@ -32,7 +32,7 @@ import pandas as pd
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
-from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+from optuna.importance import get_param_importances
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
@@ -123,8 +123,8 @@ def load_sweep(experiment_dir: str | Path, *, journal: str | Path | None = None,
     except (ValueError, FileNotFoundError) as err:
         raise InputError(f"{experiment_dir}: not a Tune experiment directory ({err})") from None
     notes: list[str] = []
-    study = load_study(Path(journal) if journal else experiment_dir / JOURNAL_FILE, study_name or experiment_dir.name,
-                       notes)
+    study = load_study(Path(journal) if journal else experiment_dir / JOURNAL_FILE, study_name,
+                       experiment_dir.name, notes)
     states = {t.user_attrs.get(RAY_TRIAL_ID_ATTR): t.state.name for t in study.trials} if study else {}
     trials = []
     for trial in analysis.trials:
@@ -140,15 +140,16 @@ def load_sweep(experiment_dir: str | Path, *, journal: str | Path | None = None,
     return SweepResults(experiment_dir.name, experiment_dir, trials, study, pareto, notes)
 
 
-def load_study(journal: Path, default_name: str, notes: list[str]) -> optuna.Study | None:
-    """The sweep's Optuna study from its journal file, or None (with a note) if there is none."""
+def load_study(journal: Path, study_name: str | None, fallback_name: str, notes: list[str]) -> optuna.Study | None:
+    """The study ``study_name`` (default: the journal's only study, else ``fallback_name``) from a journal
+    file, or None with a note saying why."""
     if not journal.is_file():
         notes.append(f"no Optuna journal at {journal}: trial states come from Tune, no Pareto front or "
                      "importances")
         return None
     storage = JournalStorage(JournalFileBackend(str(journal)))
     names = optuna.get_all_study_names(storage)
-    name = default_name if default_name in names or len(names) != 1 else names[0]
+    name = study_name or (names[0] if len(names) == 1 else fallback_name)
     if name not in names:
         notes.append(f"{journal} has no study {name!r} (it has {names})")
         return None
@@ -278,13 +279,13 @@ def plot_parallel_coordinates(sweep: SweepResults, path: Path) -> None:
     ax.set_xticks(x, names, rotation=20, ha="right")
     ax.set_yticks([])
     ax.set_ylim(-0.05, 1.05)
-    ax.set_title(f"Hyperparameters of each trial (colour: last {METRIC}; grey dashed: none reported)")
+    ax.set_title(f"Hyperparameters of each trial\n(colour: last {METRIC}; grey dashed: none reported)")
     fig.colorbar(cmap, ax=ax, label=METRIC)
     fig.savefig(path, dpi=100)
 
 
 def param_importances(study: optuna.Study) -> dict[str, dict[str, float]]:
-    """Optuna's fANOVA importance of each hyperparameter for each objective (COMPLETE trials only)."""
+    """Optuna's default (PED-ANOVA) importance of each hyperparameter per objective (COMPLETE trials only)."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if len(complete) < 2:
         raise FigureUnavailable(f"parameter importances need at least 2 completed trials; this sweep has "
@@ -292,8 +293,7 @@ def param_importances(study: optuna.Study) -> dict[str, dict[str, float]]:
     importances = {}
     for index, objective in enumerate((METRIC, SECOND_OBJECTIVE)):
         try:
-            importances[objective] = get_param_importances(
-                study, evaluator=FanovaImportanceEvaluator(seed=0), target=lambda t, i=index: t.values[i])
+            importances[objective] = get_param_importances(study, target=lambda t, i=index: t.values[i])
         except (ValueError, RuntimeError) as err:
             raise FigureUnavailable(f"Optuna could not compute importances for {objective}: {err}") from None
     if not any(importances.values()):
@@ -314,7 +314,7 @@ def plot_importances(sweep: SweepResults, path: Path) -> None:
     for k, (objective, values) in enumerate(importances.items()):
         ax.barh(y + k * height, [values.get(n, 0.0) for n in names], height=height, label=objective)
     ax.set_yticks(y + height * (len(importances) - 1) / 2, names)
-    ax.set(xlabel="importance (fANOVA, sums to 1 per objective)", title="Hyperparameter importances")
+    ax.set(xlabel="importance (Optuna's PED-ANOVA, normalised per objective)", title="Hyperparameter importances")
     ax.legend()
     fig.savefig(path, dpi=100)
 
@@ -325,17 +325,17 @@ def plot_learning_curves(sweep: SweepResults, path: Path) -> None:
         raise FigureUnavailable(f"no trial reported {METRIC} or train_loss")
     fig = Figure(figsize=(11, 4.5), layout="constrained")
     axes = fig.subplots(1, 2)
-    for t in sweep.trials:
-        label = f"{t.trial_id} ({t.status}, {t.steps} steps)"
+    for index, t in enumerate(sweep.trials):
+        label, colour = f"{t.trial_id} ({t.status}, {t.steps} steps)", f"C{index % 10}"  # one colour per trial
         for ax, key in zip(axes, (METRIC, "train_loss")):
             if key not in t.history or "step" not in t.history:
                 continue
             h = t.history.dropna(subset=[key])
             if h.empty:
                 continue
-            line, = ax.plot(h["step"], h[key], marker=".", label=label)
+            ax.plot(h["step"], h[key], marker=".", color=colour, label=label)
             if t.status != "COMPLETE":
-                ax.plot(h["step"].iloc[-1], h[key].iloc[-1], marker="X", ms=11, color=line.get_color())
+                ax.plot(h["step"].iloc[-1], h[key].iloc[-1], marker="X", ms=11, color=colour)
     for ax, key in zip(axes, (METRIC, "train_loss")):
         ax.set(xlabel="step", ylabel=key, title=f"{key} by step")
         ax.grid(alpha=0.3)
@@ -392,7 +392,8 @@ FIGURES: list[tuple[str, str, Callable[[SweepResults, Path], None], str]] = [
      "Parallel coordinates: one line per trial; each axis spans the sampled range (log where it covers a "
      "factor of 10 or more)."),
     ("Parameter importances", "importances.png", plot_importances,
-     "Optuna's fANOVA importances over completed trials, one bar per objective."),
+     "Optuna's parameter importances (its default evaluator, PED-ANOVA) over completed trials, one bar per "
+     "objective."),
     ("Learning curves", "learning_curves.png", plot_learning_curves,
      "Each trial's validation Dice and mean training loss by step. Trials stopped early by ASHA (PRUNED) "
      "or failed (FAIL: diverged or errored) end early, marked X."),

@@ -91,7 +91,7 @@ def experiment(tmp_path_factory) -> Path:
     }, source="test")
     repo = str(Path(__file__).resolve().parents[1])
     env = {**ray_compat.worker_env_vars(0.5), "PYTHONPATH": repo}
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", runtime_env={"env_vars": env})
+    ray_compat.init_ray(None, "127.0.0.1", env, num_cpus=2)
     try:
         outcome = run_sweep(cfg, load_search_spec(cfg.search_space), train_loop=checkpointing_train_loop)
     finally:

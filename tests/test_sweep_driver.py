@@ -56,8 +56,7 @@ def fake_train_loop(config: dict) -> None:
 
 @pytest.fixture(scope="module")
 def ray_local():
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
-             runtime_env={"env_vars": ray_compat.worker_env_vars(0.5)})
+    ray_compat.init_ray(None, "127.0.0.1", ray_compat.worker_env_vars(0.5), num_cpus=2)
     yield
     ray.shutdown()
 

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def ray_two_cpus():
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": ray_compat.worker_env_vars(0.5)})
+    ray_compat.init_ray(None, "127.0.0.1", ray_compat.worker_env_vars(0.5), num_cpus=2)
     yield
     ray.shutdown()
 

@@ -1,0 +1,290 @@
+"""The sweep report (``sweeps/report.py``, ``sweeps/overlays.py``) on a real small sweep.
+
+``stand_in_train_loop`` is a TEST STAND-IN for ``trainables.train_loop.train_loop_per_worker``: no model;
+it reports the real loop's metric keys with values computed from the trial config, so that the sweep has
+two completed trials that trade Dice against AP75 and one that ASHA stops early.
+The overlays run the real (tiny, untrained) model from an export directory made here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+import ray
+import yaml
+from PIL import Image
+from pycocotools.coco import COCO
+
+from data_prep.cass import CASS_CATEGORIES
+from search_spaces import load_search_spec
+from sweeps import ray_compat
+from sweeps.config import parse_sweep_config
+from sweeps.overlays import HEADER_PX, ImageMasks, compose_overlay, ground_truth_masks, rgb, SEGMENT_COLOURS
+from sweeps.report import (
+    FIGURES,
+    FigureUnavailable,
+    SweepResults,
+    build_report,
+    compute_events,
+    load_sweep,
+    main,
+    param_importances,
+)
+from sweeps.stage2 import run_sweep
+
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # tests/ is not importable on workers
+
+MAX_STEPS = 8
+# (lr_transformer, loss_dice) in run order: an AP-leaning trial, a Dice-leaning one (better at every step, so
+# ASHA keeps both), a poor lr (ASHA stops it at step 2)
+POINTS = [(8e-5, 1.0), (8e-5, 20.0), (1.2e-5, 10.0)]
+MISSING_CATEGORY = "obtuse_marginal_3"  # like a validation set without OM3: its per-category values are nan
+
+
+def stand_in_train_loop(config: dict) -> None:
+    """TEST STAND-IN: quality peaks at lr 8e-5; a high loss_dice favours Dice, a low one AP75."""
+    import ray.train
+
+    trial = config["trial"]
+    quality = max(0.05, 1.0 - abs(math.log10(trial["lr_transformer"] / 8e-5)))
+    lean = trial["loss_dice"] / 20.0
+    for step in range(trial["val_every"], trial["max_steps"] + 1, trial["val_every"]):
+        time.sleep(0.1)
+        progress = step / trial["max_steps"]
+        dice, ap75 = quality * progress * (0.7 + 0.3 * lean), quality * progress * (0.9 - 0.3 * lean)
+        metrics = {"val_dice": dice, "val_ap75": ap75, "val_ap": 0.9 * ap75, "val_ap50": min(1.0, 1.2 * ap75),
+                   "val_presence_auroc": 0.5 + 0.4 * quality * progress, "train_loss": 3.0 / (1 + step * quality),
+                   "train_loss_mask": 1.0 / step, "train_loss_dice": 0.5 / step, "step": step,
+                   "epoch": step / 4, "lr": trial["lr_transformer"], "seconds_per_step": 0.05, "diverged": False}
+        for i, c in enumerate(CASS_CATEGORIES):
+            value = math.nan if c.short_name == MISSING_CATEGORY else dice * (0.5 + i / 28)
+            metrics[f"val_dice/{c.short_name}"] = value
+            metrics[f"val_ap75/{c.short_name}"] = value * 0.8
+        with tempfile.TemporaryDirectory() as tmp:
+            Path(tmp, "state.json").write_text(json.dumps({"step": step}))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    """A finished 3-trial sweep (one trial at a time): its config."""
+    tmp = tmp_path_factory.mktemp("report-sweep")
+    space = tmp / "space.yaml"
+    space.write_text(yaml.safe_dump({
+        "params": {"lr_transformer": {"type": "loguniform", "low": 1e-5, "high": 3e-4},
+                   "loss_dice": {"type": "uniform", "low": 1.0, "high": 20.0}},
+        "points_to_evaluate": [{"lr_transformer": lr, "loss_dice": w} for lr, w in POINTS],
+    }))
+    cfg = parse_sweep_config({
+        "name": "report-sweep", "storage_path": str(tmp / "out"), "search_space": str(space),
+        "num_samples": len(POINTS), "max_concurrent_trials": 1,
+        "trial": {"max_steps": MAX_STEPS, "val_every": 2, "num_workers": 1, "cpu_threads_per_worker": 1},
+        "scheduler": {"grace_period": 2, "reduction_factor": 2}, "checkpoint": {"num_to_keep": 1},
+    }, source="test")
+    ray_compat.init_ray(None, "127.0.0.1", ray_compat.worker_env_vars(0.5), num_cpus=2)
+    try:
+        run_sweep(cfg, load_search_spec(cfg.search_space), train_loop=stand_in_train_loop)
+    finally:
+        ray.shutdown()
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def export_dir(synthetic_dataset, tmp_path_factory):
+    """An export directory as sweeps/export.py writes it: a tiny untrained model that predicts everywhere."""
+    from trainables.checkpoint import save_native
+    from trainables.config import TrialConfig
+    from trainables.model import build_model
+
+    out = tmp_path_factory.mktemp("export")
+    save_native(build_model("tiny", seed=0), out / "model.pt")
+    cfg = TrialConfig(train_json=str(synthetic_dataset.train_json), val_json=str(synthetic_dataset.val_json),
+                      images_dir=str(synthetic_dataset.images_dir), preset="tiny", resolution=224,
+                      score_threshold=0.0)  # threshold 0: every query is kept, so predictions are visible
+    (out / "trial_config.json").write_text(json.dumps(cfg.to_dict()))
+    (out / "metrics.json").write_text(json.dumps({"val_dice": 0.0}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def report(experiment, export_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    start = time.monotonic()
+    page = build_report(experiment.experiment_dir, out, export_dir=export_dir, overlay_images=2)
+    print(f"report with 2 overlays took {time.monotonic() - start:.1f} s")
+    return page
+
+
+def image_sources(page: Path) -> list[str]:
+    return re.findall(r'<img src="([^"]+)"', page.read_text())
+
+
+def test_the_page_shows_every_figure_and_no_section_is_replaced_by_a_note(report):
+    sources = image_sources(report)
+    for _, file_name, _, _ in FIGURES:
+        assert file_name in sources
+    assert [s for s in sources if s.startswith("overlay_")], "no overlay image on the page"
+    assert "Not available" not in report.read_text()
+    assert "http://" not in report.read_text() and "https://" not in report.read_text()  # self-contained
+
+
+def test_every_figure_is_a_non_blank_png_beside_the_page(report):
+    for source in image_sources(report):
+        path = report.parent / source
+        assert not Path(source).is_absolute() and path.is_file() and path.stat().st_size > 0
+        pixels = np.asarray(Image.open(path).convert("L"), dtype=float)
+        assert pixels.std() > 5, f"{source} looks blank"
+
+
+def test_the_trials_table_shows_how_each_trial_ended(report, experiment):
+    sweep = load_sweep(experiment.experiment_dir)
+    by_point = {(t.params["lr_transformer"], t.params["loss_dice"]): t for t in sweep.trials}
+    assert [by_point[p].status for p in POINTS] == ["COMPLETE", "COMPLETE", "PRUNED"]
+    text = report.read_text()
+    for t in sweep.trials:
+        assert t.trial_id in text
+    assert text.count("<td>COMPLETE</td>") == 2 and text.count("<td>PRUNED</td>") == 1
+
+
+def test_the_pareto_front_holds_both_trade_offs_and_the_best_has_the_highest_dice(experiment):
+    sweep = load_sweep(experiment.experiment_dir)
+    by_lr_w = {(t.params["lr_transformer"], t.params["loss_dice"]): t for t in sweep.trials}
+    ap_leaning, dice_leaning = by_lr_w[POINTS[0]], by_lr_w[POINTS[1]]
+    assert sweep.pareto_ids == [dice_leaning.trial_id, ap_leaning.trial_id]
+    assert sweep.best is dice_leaning and dice_leaning.val_dice > ap_leaning.val_dice
+    assert ap_leaning.val_ap75 > dice_leaning.val_ap75
+
+
+def test_an_early_stopped_trial_has_a_shorter_learning_curve(experiment):
+    sweep = load_sweep(experiment.experiment_dir)
+    steps = {t.status: t.steps for t in sweep.trials}
+    assert steps["COMPLETE"] == MAX_STEPS and steps["PRUNED"] < MAX_STEPS
+
+
+def test_best_so_far_never_decreases_and_counts_every_step_of_every_trial(experiment):
+    sweep = load_sweep(experiment.experiment_dir)
+    events = compute_events(sweep)
+    best = events["best"].dropna().to_numpy()
+    assert len(best) and (np.diff(best) >= 0).all()
+    assert best[-1] == pytest.approx(max(t.best_report()["val_dice"] for t in sweep.trials
+                                         if t.best_report() is not None))
+    assert events["steps"].iloc[-1] == sum(t.steps for t in sweep.trials)
+    assert (events["minutes"].diff().dropna() >= 0).all()
+
+
+def test_the_overlay_colours_exactly_the_annotated_pixels_of_the_ground_truth(report, export_dir,
+                                                                              synthetic_dataset):
+    coco = COCO(str(synthetic_dataset.val_json))
+    overlays = [s for s in image_sources(report) if s.startswith("overlay_")]
+    assert len(overlays) == 2
+    for source in overlays:
+        image_id = int(source.removeprefix("overlay_").removesuffix(".png"))
+        truth = ground_truth_masks(coco, image_id)
+        assert truth, "the synthetic image has no annotated segment"
+        height, width = next(iter(truth.values())).shape
+        canvas = np.asarray(Image.open(report.parent / source).convert("RGB")).astype(int)
+        for left, name in ((0, "ground truth"), (width, "prediction")):
+            panel = canvas[HEADER_PX:HEADER_PX + height, left:left + width]
+            coloured = panel.max(axis=2) - panel.min(axis=2) > 10  # the X-ray itself is grey
+            if name == "ground truth":
+                assert (coloured == np.logical_or.reduce(list(truth.values()))).mean() > 0.999
+            else:  # threshold 0 keeps every query of the untrained model: it paints most of the image
+                assert coloured.mean() > 0.5
+
+
+def test_each_segment_is_painted_in_its_own_colour_on_the_prediction_panel():
+    image = np.full((40, 60, 3), 100, np.uint8)
+    first, second = np.zeros((40, 60), bool), np.zeros((40, 60), bool)
+    first[5:15, 5:20], second[25:35, 30:50] = True, True
+    item = ImageMasks(1, "frame.png", image, ground_truth={}, prediction={1: first, 4: second})
+    canvas = np.asarray(compose_overlay(item)).astype(int)
+    prediction = canvas[HEADER_PX:HEADER_PX + 40, 60:120]
+    for mask, category_id in ((first, 1), (second, 4)):
+        expected = 0.45 * 100 + 0.55 * np.array(rgb(SEGMENT_COLOURS[category_id]))
+        assert np.abs(prediction[mask] - expected).max() <= 1
+    assert (prediction[~(first | second)] == 100).all()
+    assert (canvas[HEADER_PX:HEADER_PX + 40, :60] == 100).all()  # no ground truth: the plain image
+
+
+def test_every_cass_segment_has_a_distinct_colour():
+    assert sorted(SEGMENT_COLOURS) == [c.id for c in CASS_CATEGORIES]
+    assert len(set(SEGMENT_COLOURS.values())) == len(CASS_CATEGORIES)
+
+
+def test_importances_need_two_completed_trials_and_say_so():
+    study = optuna.create_study(directions=["maximize", "maximize"])
+    study.add_trial(optuna.trial.create_trial(params={"lr": 1e-4}, values=[0.5, 0.4], distributions={
+        "lr": optuna.distributions.FloatDistribution(1e-5, 1e-3, log=True)}))
+    with pytest.raises(FigureUnavailable, match="at least 2 completed trials; this sweep has 1"):
+        param_importances(study)
+
+
+def test_a_diverged_trial_is_listed_without_scores_and_drawn_where_it_has_data(tmp_path):
+    from sweeps.report import FIGURES, TrialRecord, make_figure, trials_table
+
+    good = TrialRecord("good", {"lr_transformer": 8e-5}, "COMPLETE", pd.DataFrame({
+        "step": [2, 4], "val_dice": [0.3, 0.6], "val_ap75": [0.2, 0.5], "train_loss": [2.0, 1.0],
+        "timestamp": [100, 110], "time_total_s": [5.0, 15.0]}))
+    diverged = TrialRecord("diverged", {"lr_transformer": 3e-4}, "FAIL", pd.DataFrame({
+        "step": [2], "diverged": [True], "train_loss": [float("nan")], "timestamp": [120], "time_total_s": [4.0]}))
+    sweep = SweepResults("hand-made", tmp_path, [good, diverged], study=None, pareto_ids=["good"], notes=[])
+    table = trials_table(sweep)
+    assert "<td>diverged</td><td>FAIL</td><td>2</td><td>0.0003</td><td>n/a</td><td>n/a</td>" in table
+    sections = {s.title: s for s in (make_figure(sweep, tmp_path, *figure) for figure in FIGURES)}
+    assert sections["Parameter importances"].note == "no Optuna study was found for this sweep"
+    assert sections["Per-category scores of the best trial"].note.startswith("the best trial reported no per-category")
+    drawn = [title for title, s in sections.items() if s.images]
+    assert drawn == ["Pareto front", "Best so far against compute", "Hyperparameters", "Learning curves"]
+
+
+def test_a_sweep_without_results_gets_a_page_of_notes_not_a_crash(tmp_path):
+    from sweeps.report import FIGURES, make_figure
+
+    empty = SweepResults("empty", tmp_path, trials=[], study=None, pareto_ids=[], notes=[])
+    sections = [make_figure(empty, tmp_path, *figure) for figure in FIGURES]
+    assert all(s.note and not s.images for s in sections)
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_the_command_line_without_an_export_notes_how_to_get_overlays(experiment, tmp_path, capsys):
+    assert main([experiment.experiment_dir, "--out", str(tmp_path / "page")]) == 0
+    assert str(tmp_path / "page" / "index.html") in capsys.readouterr().out
+    text = (tmp_path / "page" / "index.html").read_text()
+    assert "Not available: no exported checkpoint given: pass --export DIR" in text
+    assert not list((tmp_path / "page").glob("overlay_*.png"))
+
+
+def test_a_directory_that_is_not_a_sweep_is_refused(tmp_path, capsys):
+    from data_prep.errors import run_cli
+
+    assert run_cli(main, [str(tmp_path), "--out", str(tmp_path / "page")]) == 2
+    assert "not a Tune experiment directory" in capsys.readouterr().err
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (apt-get install -y chromium): "
+                                             "the headless screenshot check of the page needs it")
+def test_a_headless_browser_renders_the_page_with_its_figures(report, tmp_path):
+    shot = tmp_path / "page.png"
+    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    "--window-size=1280,4000", f"--screenshot={shot}", report.as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=float)
+    assert pixels.std() > 10
+    # the figures rendered: plenty of saturated (non-grey) pixels, which text and tables alone lack
+    assert ((pixels.max(axis=2) - pixels.min(axis=2)) > 60).mean() > 0.01
