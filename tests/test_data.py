@@ -314,3 +314,13 @@ def test_prompt_chunks_split_the_14_prompts_of_every_image(fixture_files, chunk_
     assert sum(c.batch.find_targets[0].num_boxes.sum().item() for c, _ in chunks) == 8
     masks = torch.cat([c.batch.find_targets[0].segments for c, _ in chunks])
     assert masks.shape == (8, 224, 224) and masks.flatten(1).any(1).all()
+
+
+def test_val_max_images_limits_validation_to_the_first_images_over_all_ranks(synthetic_dataset):
+    from trainables.config import TrialConfig
+    from trainables.data import build_loader
+
+    cfg = TrialConfig(train_json=str(synthetic_dataset.train_json), val_json=str(synthetic_dataset.val_json),
+                      images_dir=str(synthetic_dataset.images_dir), val_max_images=3)
+    seen = [list(build_loader(cfg, "val", rank=r, world_size=2).sampler) for r in (0, 1)]
+    assert seen == [[0, 2], [1]]

@@ -234,11 +234,16 @@ class _ValSampler(DistributedSampler):
     tail (``drop_last=True``), double-counting or losing images in the metrics. Ranks may differ by one
     batch, so validation must not run collectives per batch (run the unwrapped model, not DDP)."""
 
+    def __init__(self, dataset, *, num_replicas: int, rank: int, max_images: int | None = None) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        total = len(dataset) if max_images is None else min(max_images, len(dataset))
+        self.indices = range(rank, total, num_replicas)  # the first ``max_images`` images, split over ranks
+
     def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+        return iter(self.indices)
 
     def __len__(self) -> int:
-        return len(range(self.rank, len(self.dataset), self.num_replicas))
+        return len(self.indices)
 
 
 def build_dataset(cfg: TrialConfig, split: str) -> CassDataset:
@@ -257,7 +262,8 @@ def build_loader(cfg: TrialConfig, split: str, *, rank: int = 0, world_size: int
     ``train``: a seeded shuffling ``DistributedSampler`` (every rank gets the same number of images, the
     last few repeated when needed; call ``loader.sampler.set_epoch(e)`` each epoch); batches are lists of
     ``Datapoint`` for :func:`iter_prompt_chunks`. ``val``: each image once over all ranks, in order, no
-    augmentation; batches are ``BatchedDatapoint``s (all 14 prompts per image).
+    augmentation (the first ``cfg.val_max_images`` images when set); batches are ``BatchedDatapoint``s
+    (all 14 prompts per image).
     ``num_workers``: DataLoader worker processes (items do not depend on which worker builds them).
     """
     dataset = build_dataset(cfg, split)
@@ -265,7 +271,7 @@ def build_loader(cfg: TrialConfig, split: str, *, rank: int = 0, world_size: int
         sampler = _TrainSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=cfg.seed)
         collate_fn = list
     else:
-        sampler = _ValSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
+        sampler = _ValSampler(dataset, num_replicas=world_size, rank=rank, max_images=cfg.val_max_images)
         collate_fn = collate
     # A loader of its own RNG: every new iterator draws a base seed, which would otherwise come from the
     # global torch RNG and make a resumed trial's dropout stream differ from the uninterrupted one.
