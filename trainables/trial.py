@@ -146,6 +146,7 @@ def diverged_report(step: int) -> dict[str, Any]:
 def run_trial(cfg: TrialConfig, *, rank: int = 0, world_size: int = 1, device: torch.device | None = None,
               resume_from: Path | None = None, report: Reporter) -> None:
     """Train one trial on this worker, reporting metrics (and a checkpoint) every ``val_every`` steps."""
+    trial_start = time.perf_counter()  # reports carry elapsed_s: model build, data and loop, not Ray's start-up
     device = device or torch.device("cpu")
     torch.set_num_threads(cfg.cpu_threads_per_worker)
     configure_precision(cfg.precision)
@@ -201,7 +202,8 @@ def run_trial(cfg: TrialConfig, *, rank: int = 0, world_size: int = 1, device: t
             metrics.update(mean_over_ranks({f"train_{k}": v / len(window) for k, v in window_parts.items()}
                                            | {"train_loss": float(np.mean(window))}))
             metrics.update(step=step, epoch=step / len(train_loader),
-                           diverged=False, lr=scheduler.get_last_lr()[0], seconds_per_step=seconds_per_step)
+                           diverged=False, lr=scheduler.get_last_lr()[0], seconds_per_step=seconds_per_step,
+                           elapsed_s=time.perf_counter() - trial_start)
             with tempfile.TemporaryDirectory() as tmp:
                 checkpoint = None
                 if rank == 0:
