@@ -49,8 +49,16 @@ def init_ray(address: str | None, dashboard_host: str, env_vars: dict[str, str],
     placement-group cleaner connects through the State API, which refuses to guess ("Found multiple
     active Ray instances") when another Ray runs on the same machine; the groups of finished trials then
     leak and the sweep hangs waiting for CPUs (reproduced on a shared 2-core machine).
+
+    ``address`` None inside a Ray job (``ray job submit``) joins the job's cluster, named by the
+    ``RAY_ADDRESS`` the job sets, instead of starting a second Ray beside it (``address="local"`` below
+    would ignore it); a joined GCS address is passed on to every process as ``RAY_ADDRESS`` for the same
+    reason as above.
     """
+    address = address or os.environ.get("RAY_ADDRESS") or None  # inside `ray job submit`: the job's cluster
     if address is not None:
+        if address != "auto" and "://" not in address:  # a GCS host:port: the State API's too (see below)
+            env_vars = {"RAY_ADDRESS": address, **env_vars}
         ray.init(address=address, runtime_env={"env_vars": env_vars})
         return
     port = free_port()
