@@ -39,7 +39,8 @@ class TrialConfig:
     max_steps: int = 200
     batch_size: int = 1  # images per worker per step (each image asks all 14 prompts)
     category_chunk_size: int = 14  # prompts per forward/backward chunk (bounds decoder and mask memory)
-    grad_accum_steps: int = 1
+    grad_accum_steps: int = 1  # batches per optimizer step (mean of their gradients; one all-reduce per step)
+    grad_compression: Literal["none", "bf16"] = "none"  # DDP gradient all-reduce in bf16 (torch's hook)
     # --- SAM3 loss weights (fine-tuning defaults 5, 2, 20, 20, 200, 10) ---
     loss_bbox: float = 5.0
     loss_giou: float = 2.0
@@ -103,6 +104,8 @@ class TrialConfig:
             p.append(f"schedule: {self.schedule!r} is not one of 'inverse_sqrt', 'cosine', 'constant'")
         if self.precision not in ("fp32", "tf32", "bf16"):
             p.append(f"precision: {self.precision!r} is not one of 'fp32', 'tf32', 'bf16'")
+        if self.grad_compression not in ("none", "bf16"):
+            p.append(f"grad_compression: {self.grad_compression!r} is not one of 'none', 'bf16'")
         if self.backend not in ("gloo", "nccl"):
             p.append(f"backend: {self.backend!r} is not one of 'gloo', 'nccl'")
         if not 0.0 <= self.score_threshold <= 1.0:

@@ -19,7 +19,7 @@ import math
 import random
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from trainables.comm import register_grad_compression
 from trainables.config import TrialConfig
 from trainables.data import build_loader, iter_prompt_chunks
 from trainables.distributed import prepare_for_ddp, wrap_ddp
@@ -39,6 +40,7 @@ from trainables.model import build_model, freeze_text_encoder
 from trainables.checkpoint import load_native
 from trainables.optim import build_optimizer, build_scheduler
 from trainables.precision import autocast_context, configure_precision
+from trainables.prompt_cache import enable_prompt_cache
 from trainables.resolution import set_resolution
 from trainables.trial_checkpoint import (
     load_model_weights,
@@ -60,10 +62,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def endless_batches(loader, start_step: int) -> Iterator:
-    """Batches forever, epoch after epoch, starting where ``start_step`` optimizer steps left off."""
+def endless_batches(loader, start_batch: int) -> Iterator:
+    """Batches forever, epoch after epoch, starting after the first ``start_batch`` batches
+    (optimizer steps times ``grad_accum_steps``)."""
     per_epoch = len(loader)
-    epoch, skip = divmod(start_step, per_epoch)
+    epoch, skip = divmod(start_batch, per_epoch)
     while True:
         if hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
@@ -106,30 +109,37 @@ def loss_or_nan(model: nn.Module, chunk, loss_fn) -> tuple[torch.Tensor, dict[st
         return torch.tensor(float("nan")), {}
 
 
-def train_step(model: nn.Module, batch, loss_fn, optimizer: torch.optim.Optimizer,
+def train_step(model: nn.Module, batches: Sequence[Sequence], loss_fn, optimizer: torch.optim.Optimizer,
                scheduler, cfg: TrialConfig) -> tuple[torch.Tensor, dict[str, float]]:
-    """One optimizer step: forward/backward per prompt chunk, clip, step. Returns (loss, components).
+    """One optimizer step over ``batches`` (``cfg.grad_accum_steps`` micro-batches): forward/backward per
+    prompt chunk of each, clip, step. Returns (loss, components), both means over the micro-batches.
 
-    Under DDP the gradients are all-reduced once, on the last chunk (``no_sync`` before it): each
-    chunk's loss is already weighted by its share of the batch, so the sum is the unchunked gradient.
-    Every rank votes on its chunk loss being finite before any backward; a non-finite loss (or gradient
-    norm) on any rank returns NaN on every rank with the weights untouched, so all ranks stop together.
+    The gradient is the mean of the micro-batches' gradients: each chunk's loss is weighted by its share of
+    its micro-batch (so a micro-batch's chunks sum to its unchunked loss) divided by ``len(batches)``. Under
+    DDP the gradients are all-reduced once per optimizer step, on the last chunk of the last micro-batch
+    (``no_sync`` before it). Every rank votes on its chunk loss being finite before any backward; a
+    non-finite loss (or gradient norm) on any rank returns NaN on every rank with the weights untouched, so
+    all ranks stop together.
     """
     optimizer.zero_grad(set_to_none=True)
-    chunks = list(iter_prompt_chunks(batch, cfg.category_chunk_size))
     total = torch.zeros(())
     components: dict[str, float] = {}
     nan = torch.tensor(float("nan"))
-    for index, (chunk, weight) in enumerate(chunks):
-        sync = index == len(chunks) - 1 or not isinstance(model, DistributedDataParallel)
-        with (contextlib.nullcontext() if sync else model.no_sync()), autocast_context(cfg.precision):
-            loss, parts = loss_or_nan(model, chunk, loss_fn)
-            if not all_ranks_finite(loss):
-                return nan, {}
-            (loss * weight).backward()
-        total = total + loss.detach().float().cpu() * weight
-        for key, value in parts.items():
-            components[key] = components.get(key, 0.0) + value * weight
+    ddp = isinstance(model, DistributedDataParallel)
+    for batch_index, batch in enumerate(batches):
+        last_batch = batch_index == len(batches) - 1
+        chunks = list(iter_prompt_chunks(batch, cfg.category_chunk_size))
+        for index, (chunk, share) in enumerate(chunks):
+            weight = share / len(batches)
+            sync = not ddp or (last_batch and index == len(chunks) - 1)
+            with (contextlib.nullcontext() if sync else model.no_sync()), autocast_context(cfg.precision):
+                loss, parts = loss_or_nan(model, chunk, loss_fn)
+                if not all_ranks_finite(loss):
+                    return nan, {}
+                (loss * weight).backward()
+            total = total + loss.detach().float().cpu() * weight
+            for key, value in parts.items():
+                components[key] = components.get(key, 0.0) + value * weight
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
     if not torch.isfinite(grad_norm):  # identical on every rank: gradients are already all-reduced
         return nan, {}
@@ -162,6 +172,7 @@ def run_trial(cfg: TrialConfig, *, rank: int = 0, world_size: int = 1, device: t
     set_resolution(model, cfg.resolution)  # after .to(): sam3 keeps the boxRPB cache in a plain attribute
     if cfg.freeze_text_encoder:
         freeze_text_encoder(model)
+        enable_prompt_cache(model)  # the 14 prompt embeddings, computed once (frozen, dropout-free encoder)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg)
     step, state = 0, None
@@ -171,14 +182,18 @@ def run_trial(cfg: TrialConfig, *, rank: int = 0, world_size: int = 1, device: t
         scheduler.load_state_dict(state.scheduler)
         step = state.step
         log.info("resumed at step %d (lr %s)", step, scheduler.get_last_lr())
-    train_model = wrap_ddp(model) if world_size > 1 else model
+    train_model = model
+    if world_size > 1:
+        train_model = wrap_ddp(model)
+        register_grad_compression(train_model, cfg.grad_compression)
 
     # 2. Data, loss and the evaluator
     loss_fn = build_loss(cfg, distributed=world_size > 1)
     train_loader = build_loader(cfg, "train", rank=rank, world_size=world_size)
     val_loader = build_loader(cfg, "val", rank=rank, world_size=world_size)
     evaluator = CassEvaluator(val_loader.dataset.coco_gt(), score_threshold=cfg.score_threshold)
-    batches = endless_batches(train_loader, step)
+    accum = cfg.grad_accum_steps
+    batches = endless_batches(train_loader, step * accum)
     if state is not None:
         restore_rng(state.rng)  # last, so nothing built above draws from the restored streams
 
@@ -187,7 +202,8 @@ def run_trial(cfg: TrialConfig, *, rank: int = 0, world_size: int = 1, device: t
     window_parts: dict[str, float] = {}
     step_time = time.perf_counter()
     while step < cfg.max_steps:
-        loss, components = train_step(train_model, next(batches), loss_fn, optimizer, scheduler, cfg)
+        micro_batches = [next(batches) for _ in range(accum)]
+        loss, components = train_step(train_model, micro_batches, loss_fn, optimizer, scheduler, cfg)
         step += 1
         if not torch.isfinite(loss):  # every rank agreed inside train_step
             report(diverged_report(step), None)
@@ -201,7 +217,7 @@ def run_trial(cfg: TrialConfig, *, rank: int = 0, world_size: int = 1, device: t
             metrics = validate(model, val_loader, evaluator, device)
             metrics.update(mean_over_ranks({f"train_{k}": v / len(window) for k, v in window_parts.items()}
                                            | {"train_loss": float(np.mean(window))}))
-            metrics.update(step=step, epoch=step / len(train_loader),
+            metrics.update(step=step, epoch=step * accum / len(train_loader),
                            diverged=False, lr=scheduler.get_last_lr()[0], seconds_per_step=seconds_per_step,
                            elapsed_s=time.perf_counter() - trial_start)
             with tempfile.TemporaryDirectory() as tmp:
