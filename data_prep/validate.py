@@ -4,7 +4,8 @@ Every loader calls this at the edge, so it reports *all* problems at once, each 
 image / annotation / category id, the field, and what to do. Errors make the file unusable (sam3's
 loader would crash or silently learn garbage); warnings are worth a look but do not stop a run.
 
-Errors: invalid JSON (line and column), missing keys (top level and per record), wrong types,
+Errors: a file that is not UTF-8 text, invalid JSON (line and column), missing keys (top level and per
+record), wrong types (NaN and Infinity, which Python's json accepts, are not numbers here),
 duplicate ids or file names, annotations pointing at unknown images or categories, categories that
 are not the 14 CASS categories of :mod:`data_prep.cass` (ids and prompt names), missing / unreadable /
 corrupt image files, image sizes differing from the JSON, empty / degenerate / out-of-bounds
@@ -12,7 +13,12 @@ segmentations (polygons with < 3 points, RLE whose size is not the image's), a b
 ``BBOX_TOLERANCE_PX`` away from its mask, zero area, and a missing ``iscrowd``. With several files
 (train and val), a patient whose frames appear in two of them is an error too.
 
-Warnings: a category never present in a file, an ``area`` far from the mask's area.
+Warnings: a category never present in a file, an ``area`` far from the mask's area. (A category absent
+from the training file is deliberately not an error: the model still sees its prompt as a negative query,
+every trial of a sweep is affected alike, and subsets without a rare segment are legitimate.)
+
+The annotations of an image record that is refused are not reported again one by one: the image's own
+error is the one to fix.
 
 CLI: ``python -m data_prep.validate ANNOTATIONS.json [MORE.json] --images DIR``: exit 2 listing every
 error; exit 0 printing any warnings.
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -71,7 +78,8 @@ def _is_int(v: object) -> bool:
 
 
 def _is_number(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """A finite int or float (Python's json reads the non-standard NaN and Infinity tokens as floats)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _missing_keys(record: object, keys: Sequence[str]) -> list[str] | None:
@@ -195,11 +203,14 @@ def _check_categories(src: str, categories: list, report: ValidationReport) -> s
 
 
 def _check_images(src: str, images: list, images_dir: Path | None, check_files: bool,
-                  report: ValidationReport) -> dict[int, dict]:
-    """Check image records (and files); return the usable ones by id."""
+                  report: ValidationReport) -> tuple[dict[int, dict], set[str]]:
+    """Check image records (and files); return the usable ones by id, and the ids (as text) of refused ones."""
     by_id: dict[int, dict] = {}
+    refused: set[str] = set()
     names: Counter[str] = Counter()
     for i, img in enumerate(images):
+        if isinstance(img, dict) and "id" in img:
+            refused.add(str(img["id"]))  # until the record passes every check below
         missing = _missing_keys(img, _IMAGE_KEYS)
         if missing is None or missing:
             ident = f"image id {img.get('id')}" if isinstance(img, dict) and "id" in img else f"images[{i}]"
@@ -216,6 +227,7 @@ def _check_images(src: str, images: list, images_dir: Path | None, check_files: 
             report.errors.append(f"{src}: image id {iid} fields 'width'/'height' must be positive ints, "
                                  f"got {w!r}/{h!r}")
             continue
+        refused.discard(str(iid))
         names[img["file_name"]] += 1
         by_id[iid] = img
         if check_files and images_dir is not None:
@@ -225,7 +237,7 @@ def _check_images(src: str, images: list, images_dir: Path | None, check_files: 
     for name, n in names.items():
         if n > 1:
             report.errors.append(f"{src}: field 'file_name' {name!r} is used by {n} images; make it unique")
-    return by_id
+    return by_id, refused - {str(iid) for iid in by_id}
 
 
 def _check_annotation(src: str, ann: dict, img: dict, report: ValidationReport) -> None:
@@ -233,7 +245,8 @@ def _check_annotation(src: str, ann: dict, img: dict, report: ValidationReport) 
     where = f"{src}: annotation id {ann['id']} (image id {ann['image_id']})"
     h, w = img["height"], img["width"]
     if not _is_number(ann["area"]) or ann["area"] <= 0:
-        report.errors.append(f"{where} field 'area' is {ann['area']!r}; it must be > 0 (drop empty instances)")
+        report.errors.append(f"{where} field 'area' is {ann['area']!r}; it must be a finite number > 0 "
+                             "(drop empty instances)")
     if ann["iscrowd"] not in (0, 1):
         report.errors.append(f"{where} field 'iscrowd' is {ann['iscrowd']!r}; use 0 (or 1 for crowd regions)")
     bbox = ann["bbox"]
@@ -262,7 +275,9 @@ def _check_annotation(src: str, ann: dict, img: dict, report: ValidationReport) 
 
 
 def _check_annotations(src: str, annotations: list, images: dict[int, dict], category_ids: set[int],
-                       report: ValidationReport) -> None:
+                       report: ValidationReport, refused_images: set[str] = frozenset()) -> None:
+    """Check every annotation; those of an image record already refused (``refused_images``, ids as text) are
+    skipped: their image's own error is the one to fix, and repeating it per annotation would bury it."""
     seen: set[int] = set()
     present: Counter[int] = Counter()
     for i, ann in enumerate(annotations):
@@ -289,6 +304,8 @@ def _check_annotations(src: str, annotations: list, images: dict[int, dict], cat
         else:
             present[ann["category_id"]] += 1
         if ann["image_id"] not in images:
+            if str(ann["image_id"]) in refused_images:
+                continue
             report.errors.append(f"{src}: {ident} field 'image_id' {ann['image_id']!r} names no valid image "
                                  "in 'images'")
             continue
@@ -307,6 +324,9 @@ def validate_coco(annotations: Path, images_dir: Path | None, *, check_images: b
     except OSError as err:
         report.errors.append(f"{src}: cannot read the file ({err.strerror}); check the path")
         return report
+    except UnicodeDecodeError as err:
+        report.errors.append(f"{src}: not UTF-8 text (byte {err.start}: {err.reason}); is it a COCO JSON file?")
+        return report
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as err:
@@ -320,8 +340,8 @@ def validate_coco(annotations: Path, images_dir: Path | None, *, check_images: b
         report.errors.append(f"{src}: top-level field(s) {bad} missing or not lists; a COCO file needs all three")
         return report
     category_ids = _check_categories(src, doc["categories"], report)
-    images = _check_images(src, doc["images"], images_dir, check_images, report)
-    _check_annotations(src, doc["annotations"], images, category_ids, report)
+    images, refused = _check_images(src, doc["images"], images_dir, check_images, report)
+    _check_annotations(src, doc["annotations"], images, category_ids, report, refused)
     return report
 
 
@@ -354,9 +374,11 @@ def validate_dataset(paths: DatasetPaths, *, check_images: bool = True) -> Valid
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_prep.validate", description=__doc__.split("\n")[0])
     parser.add_argument("annotations", type=Path, nargs="+", help="COCO JSON file(s), e.g. train.json val.json")
-    parser.add_argument("--images", type=Path, help="folder the images' file_name is relative to")
+    parser.add_argument("--images", type=Path, help="folder the images' file_name is relative to (must exist)")
     parser.add_argument("--no-image-check", action="store_true", help="do not open the image files")
     args = parser.parse_args(argv)
+    if args.images is not None and not args.no_image_check and not args.images.is_dir():
+        raise InputError(f"--images {args.images}: not a folder; pass the folder the file_names are relative to")
     report = validate_files(args.annotations, args.images, check_images=not args.no_image_check)
     for warning in report.warnings:
         print(f"warning: {warning}")

@@ -8,7 +8,9 @@ else aside (custom heads such as ``seg_head.*``, ``view_encoder.*``) in ``OUT.ex
 every ``attn.freqs_cis`` by sam3's table at the preset's native grid (a Phase 1 file saved at 672 carries
 672 tables); store plain fp32 tensors; load the result into a fresh model of the preset strictly and print
 the report. Any missing (not allowed by ``--allow-missing``), unexpected or wrong-shape tensor exits with
-status 2 and writes nothing; OUT is written atomically (temp file + rename).
+status 2 and writes nothing; OUT is written atomically (temp file + rename). An OUT that cannot be
+written (its folder is a file, a read-only or full disk) exits with status 2 too, checked before the
+model is built.
 """
 
 from __future__ import annotations
@@ -84,16 +86,22 @@ def surgery(src: Path, dst: Path, *, preset: str = "full", allow_missing: Sequen
     from trainables.checkpoint import atomic_torch_save, load_native, safe_torch_load
     from trainables.model import build_model
 
+    check_output_folder(dst)
     sam3, extra = split_sam3(unwrap_state(safe_torch_load(src), str(src)), str(src))
     model = build_model(preset, seed=0)
     native = to_native(sam3, model)
     tmp = dst.with_name(f".{dst.name}.unverified")
     try:
         atomic_torch_save(native, tmp)
-        report = load_native(model, tmp, allow_missing=allow_missing)
+        try:
+            report = load_native(model, tmp, allow_missing=allow_missing)
+        except InputError as err:  # name the input, not the temporary file that is about to go
+            raise InputError(str(err).replace(str(tmp), f"{src} (preset {preset}, nothing written)")) from None
         if extra:
             atomic_torch_save(extra, extra_path(dst))
         tmp.replace(dst)
+    except OSError as err:
+        raise InputError(f"OUT {dst}: cannot be written ({err.strerror or err}); nothing written") from None
     finally:
         tmp.unlink(missing_ok=True)
     lines = [f"{src} -> {dst} (preset {preset})", report.format()]
@@ -101,6 +109,15 @@ def surgery(src: Path, dst: Path, *, preset: str = "full", allow_missing: Sequen
         lines.append(f"set aside {len(extra)} non-sam3 tensor(s) in {extra_path(dst)}: "
                      f"{sorted({k.split('.')[0] for k in extra})}")
     return "\n".join(lines)
+
+
+def check_output_folder(dst: Path) -> None:
+    """Refuse an OUT whose folder cannot exist: the nearest existing ancestor must be a folder."""
+    existing = dst.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"OUT {dst}: {existing} is not a folder; choose an OUT inside a folder")
 
 
 def extra_path(dst: Path) -> Path:

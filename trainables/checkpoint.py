@@ -48,13 +48,15 @@ class LoadReport:
         return not (self.missing or self.unexpected or self.mismatched)
 
     def problems(self) -> list[str]:
-        """One line per kind of problem, counted by submodule, with a few example keys."""
+        """One line per kind of problem, counted by submodule, with a few example keys (and their shapes)."""
         lines = []
-        for kind, keys in (("missing from the file", self.missing), ("unexpected in the file", self.unexpected),
-                           ("wrong shape", [k for k, _, _ in self.mismatched])):
+        for kind, keys in (("missing from the file", self.missing), ("unexpected in the file", self.unexpected)):
             if keys:
                 lines.append(f"{len(keys)} tensor(s) {kind}: {_count_by_submodule(keys)}; e.g. {keys[:3]}")
-        lines += [f"{k}: file {list(f)} vs model {list(m)}" for k, f, m in self.mismatched[:5]]
+        if self.mismatched:
+            examples = "; ".join(f"{k}: file {list(f)} vs model {list(m)}" for k, f, m in self.mismatched[:3])
+            lines.append(f"{len(self.mismatched)} tensor(s) wrong shape: "
+                         f"{_count_by_submodule([k for k, _, _ in self.mismatched])}; e.g. {examples}")
         return lines
 
     def format(self) -> str:
@@ -117,15 +119,19 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
         raise
 
 
-def safe_torch_load(path: str | os.PathLike) -> Any:
-    """``torch.load(weights_only=True)`` on the CPU, with an :class:`InputError` that says what is wrong."""
+def safe_torch_load(path: str | os.PathLike, *, mmap: bool = False) -> Any:
+    """``torch.load(weights_only=True)`` on the CPU, with an :class:`InputError` that says what is wrong.
+
+    ``mmap``: map the tensors' bytes instead of reading them (checking a large file's keys costs no
+    memory); used only for zip-format files, the only ones ``torch.load`` can map.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: checkpoint file not found")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: checkpoint file is empty (an interrupted write?)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except pickle.UnpicklingError as err:
         detail = _unpickler_detail(str(err))
         if "Unsupported global" in detail:

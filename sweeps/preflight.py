@@ -1,0 +1,123 @@
+"""Can this sweep run HERE? Checks of the machine and the input files, made by the driver before Ray starts.
+
+:mod:`sweeps.config` checks that a sweep config is well formed; this module checks that it can run on this
+machine with these files, so that a sweep that cannot work stops in seconds with exit 2 (raised by
+``sweeps.stage2.check_inputs``, ``--dry-run`` included) instead of after Ray has started and every trial
+has failed:
+
+- storage: the experiment folder (``storage_path``/``name``) and a separate Optuna journal can be written.
+  A probe file is written, synced and removed in the nearest existing folder: permission bits prove
+  nothing to root, so only a real write finds a read-only mount, a full disk or a path under a file.
+  (A disk that fills up DURING the sweep is not foreseen here.)
+- GPUs: a local Ray (``ray.address`` null, outside ``ray job submit``) asked for ``use_gpu`` needs
+  ``num_workers`` CUDA devices on this machine; NCCL needs ``use_gpu``. A cluster's GPUs are not known
+  before joining it (and may be autoscaled), so they are not checked.
+- the starting checkpoint (``trial.checkpoint``) opens with ``weights_only`` (no pickled code runs),
+  is complete, and has the native ``detector.`` keys; its shapes are checked by each trial against its
+  model (building the full model here would cost minutes).
+- the COCO files validate (:mod:`data_prep.validate`: JSON, records and image files).
+
+Each problem is one line that names the config field; files the driver already reported missing are not
+checked again.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from data_prep.errors import InputError
+from sweeps.config import SweepConfig, is_uri
+
+PROBE_BYTES = 1 << 20  # a write of this size must succeed where the sweep writes
+MAX_LISTED = 20  # COCO errors listed here; `python -m data_prep.validate` lists them all
+
+
+def problems(cfg: SweepConfig) -> list[str]:
+    """Every reason this sweep cannot run here (empty when it can)."""
+    return [*storage_problems(cfg), *gpu_problems(cfg), *checkpoint_problems(cfg), *dataset_problems(cfg)]
+
+
+def storage_problems(cfg: SweepConfig) -> list[str]:
+    """The local folders the sweep writes (experiment folder, Optuna journal) that cannot be written."""
+    targets = [("storage_path", cfg.experiment_dir)]
+    if cfg.searcher.storage and not is_uri(cfg.searcher.storage):
+        targets.append(("searcher.storage", str(Path(cfg.searcher.storage).parent)))
+    found = []
+    for field, folder in targets:
+        problem = None if is_uri(folder) else write_probe(Path(folder))
+        if problem:
+            found.append(f"{field}: {problem}")
+    return found
+
+
+def write_probe(folder: Path) -> str | None:
+    """Why ``folder`` (existing or to be created) cannot be written, or None. Leaves nothing behind."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{folder} cannot be created: {existing} is not a folder"
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".sweep-write-probe-") as probe:
+            probe.write(b"\0" * PROBE_BYTES)
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as err:
+        return (f"{folder} cannot be written: writing {PROBE_BYTES // 1024} KiB in {existing} failed "
+                f"({err.strerror or err})")
+    return None
+
+
+def cuda_device_count() -> int:
+    """CUDA devices this process sees (0 without CUDA)."""
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def gpu_problems(cfg: SweepConfig) -> list[str]:
+    """GPU settings this machine cannot honour: NCCL without GPUs; a local Ray asked for missing GPUs."""
+    t = cfg.trial
+    found = []
+    if t.backend == "nccl" and not t.use_gpu:
+        found.append("trial.backend: 'nccl' runs on GPUs only but trial.use_gpu is false; use backend: gloo on CPU")
+    local = cfg.ray.address is None and not os.environ.get("RAY_ADDRESS")
+    if t.use_gpu and local:
+        gpus = cuda_device_count()
+        if gpus < t.num_workers:
+            found.append(f"trial.use_gpu: a trial needs {t.num_workers} GPU worker(s) but this machine has {gpus} "
+                         "GPU(s) and ray.address is null (a local Ray); set use_gpu: false, or join a GPU "
+                         "cluster with ray.address")
+    return found
+
+
+def checkpoint_problems(cfg: SweepConfig) -> list[str]:
+    """Why ``trial.checkpoint`` cannot be loaded by the trials (unsafe, truncated, not native), if it cannot."""
+    path = cfg.trial.checkpoint
+    if not path or is_uri(path) or not Path(path).exists():
+        return []  # none, remote, or already reported missing
+    from trainables.checkpoint import safe_torch_load, strip_native_prefix
+
+    try:
+        strip_native_prefix(safe_torch_load(path, mmap=True), path)
+    except InputError as err:
+        return [f"trial.checkpoint: {err}"]
+    return []
+
+
+def dataset_problems(cfg: SweepConfig) -> list[str]:
+    """The COCO validator's errors for ``trial.train_json`` / ``val_json`` (and their images)."""
+    t = cfg.trial
+    files = [Path(p) for p in (t.train_json, t.val_json) if p and not is_uri(p) and Path(p).is_file()]
+    if not files:
+        return []
+    from data_prep.validate import validate_files
+
+    images = Path(t.images_dir) if t.images_dir and Path(t.images_dir).is_dir() else None
+    errors = validate_files(files, images).errors
+    if len(errors) > MAX_LISTED:
+        errors = errors[:MAX_LISTED] + [f"... and {len(errors) - MAX_LISTED} more COCO error(s): run "
+                                        f"`python -m data_prep.validate {' '.join(map(str, files))} --images {images}`"]
+    return errors

@@ -1,0 +1,425 @@
+"""A catalogue of bad inputs, each fed to the command line a user would run, in-process through ``run_cli``.
+
+Every row breaks ONE thing in an otherwise good input (COCO files, images, sweep configs, search spaces,
+checkpoints, sweep folders) and runs one of the four entry points:
+
+    python -m data_prep.validate        ANNOTATIONS.json [...] --images DIR
+    python -m data_prep.weight_surgery  IN OUT --preset tiny
+    python sweeps/stage2.py             --config X --dry-run
+    python -m sweeps.export             EXPERIMENT_DIR --out DIR
+
+and checks the same contract for all of them: exit status 2; ONE error (one ``error:`` line with at most one
+top-level ``  - `` item; no traceback) that names the file and the field or place that is wrong; and no
+partial output (the workspace's file listing is unchanged, so nothing was written or left half-written,
+and a malicious pickle's payload did not run). The per-module tests (test_validate.py,
+test_weight_surgery.py, test_sweep_config.py, test_search_spaces.py, test_export.py) hold more cases at
+the function level; this table is self-contained and runs on its own in a few seconds.
+
+Decided, not an error: a CASS category with no instance in a file (e.g. a rare segment absent from the
+training split) is a WARNING (exit 0, the file and category named): the model still sees that prompt as a
+negative query, every trial of a sweep is affected alike, and refusing would block legitimate subsets.
+See ``test_a_category_absent_from_train_is_a_warning_not_an_error`` and RELIABILITY.md.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from data_prep import validate, weight_surgery
+from data_prep.errors import run_cli
+from data_prep.layout import DatasetPaths
+from data_prep.phase1_format import write_phase1_checkpoint
+from sweeps import export, ray_compat, stage2
+from trainables.checkpoint import save_native
+from trainables.model import build_model
+
+CLIS = {"validate": validate.main, "surgery": weight_surgery.main, "stage2": stage2.main, "export": export.main}
+LOCAL_SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "local.yaml"
+
+
+class _TouchesAFile:
+    """A pickle payload that creates a file when unpickled (what a malicious checkpoint could do)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return pathlib.Path.touch, (self.marker,)
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory):
+    """A tiny model as a Phase 1 file (input of the surgery) and as a native file (a sweep's trial.checkpoint)."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("models")
+    model = build_model("tiny", seed=0)
+    state = write_phase1_checkpoint(model, root / "phase1.pth")
+    save_native(model, root / "native.pt")
+    return root, state
+
+
+class Workspace:
+    """One case's folder: fresh copies of good inputs, which the case then breaks."""
+
+    def __init__(self, root: Path, dataset: DatasetPaths, models: tuple[Path, dict]):
+        self.root, self._dataset, (self._models, self.phase1_state) = root, dataset, models
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    def dataset(self) -> DatasetPaths:
+        """A copy of the synthetic dataset (8 train / 4 val images, 224 px)."""
+        target = self.root / "data"
+        if not target.exists():
+            shutil.copytree(self._dataset.root, target)
+        return DatasetPaths(target)
+
+    def edit_json(self, path: Path, change: Callable[[dict], None]) -> Path:
+        doc = json.loads(path.read_text())
+        change(doc)
+        path.write_text(json.dumps(doc))  # NaN/Infinity are written as the bare tokens JSON parsers accept
+        return path
+
+    def first_image(self) -> Path:
+        paths = self.dataset()
+        doc = json.loads(paths.train_json.read_text())
+        return paths.images_dir / doc["images"][0]["file_name"]
+
+    def phase1(self) -> Path:
+        return Path(shutil.copy(self._models / "phase1.pth", self.root / "phase1.pth"))
+
+    def native(self) -> Path:
+        return Path(shutil.copy(self._models / "native.pt", self.root / "native.pt"))
+
+    def torch_file(self, name: str, obj) -> Path:
+        torch.save(obj, self.root / name)
+        return self.root / name
+
+    def space(self, content: dict | str | None = None) -> Path:
+        path = self.root / "space.yaml"
+        text = LOCAL_SPACE.read_text() if content is None else content
+        path.write_text(text if isinstance(text, str) else yaml.safe_dump(text))
+        return path
+
+    def config(self, change: Callable[[dict], None] = lambda raw: None, *, text: str | None = None) -> Path:
+        """A small valid sweep config (``change`` breaks it), or ``text`` verbatim."""
+        space = self.root / "space.yaml" if (self.root / "space.yaml").exists() else self.space()
+        raw = {"name": "bad-input", "storage_path": str(self.root / "out"), "search_space": str(space),
+               "num_samples": 2, "max_concurrent_trials": 1,
+               "trial": {"max_steps": 4, "val_every": 2, "num_workers": 1, "cpu_threads_per_worker": 1},
+               "scheduler": {"grace_period": 2}}
+        change(raw)
+        path = self.root / "sweep.yaml"
+        path.write_text(text if text is not None else yaml.safe_dump(raw))
+        return path
+
+
+@dataclass(frozen=True)
+class Case:
+    """``build(ws)`` breaks one input and returns (argv, the named file, fragments the message must hold)."""
+
+    cli: str
+    kind: str  # what is bad: coco, image, config, search space, checkpoint, sweep folder
+    build: Callable[[Workspace], tuple[list[str], Path, list[str]]]
+
+
+def _validate(ws: Workspace, change: Callable[[dict], None], *fragments: str):
+    paths = ws.dataset()
+    ws.edit_json(paths.train_json, change)
+    return [str(paths.train_json), "--images", str(paths.images_dir)], paths.train_json, list(fragments)
+
+
+def _validate_text(ws: Workspace, content: bytes, *fragments: str):
+    paths = ws.dataset()
+    paths.train_json.write_bytes(content)
+    return [str(paths.train_json), "--images", str(paths.images_dir)], paths.train_json, list(fragments)
+
+
+def _image(ws: Workspace, damage: Callable[[Path], None], *fragments: str):
+    paths, image = ws.dataset(), ws.first_image()
+    damage(image)
+    return [str(paths.train_json), "--images", str(paths.images_dir)], image, list(fragments)
+
+
+def _ann(doc: dict) -> dict:
+    return doc["annotations"][0]
+
+
+def _img(doc: dict) -> dict:
+    return doc["images"][0]
+
+
+def _dry_run(ws: Workspace, change: Callable[[dict], None], named: Callable[[Workspace], Path] | None,
+             *fragments: str):
+    config = ws.config(change)
+    return ["--config", str(config), "--dry-run"], (named(ws) if named else config), list(fragments)
+
+
+def _space(ws: Workspace, content: dict | str, *fragments: str):
+    space = ws.space(content)
+    config = ws.config(lambda raw: raw.__setitem__("search_space", str(space)))
+    return ["--config", str(config), "--dry-run"], space, list(fragments)
+
+
+def _surgery(ws: Workspace, src: Path, *fragments: str, dst: Path | None = None):
+    dst = dst or ws.path("native_out.pt")
+    return [str(src), str(dst), "--preset", "tiny"], src, list(fragments)
+
+
+def _set(record: Callable[[dict], dict], key: str, value) -> Callable[[dict], None]:
+    return lambda doc: record(doc).__setitem__(key, value)
+
+
+def _trial(**values) -> Callable[[dict], None]:
+    return lambda raw: raw["trial"].update(values)
+
+
+def _phase1_with(ws: Workspace, name: str, change: Callable[[dict], None]) -> Path:
+    state = dict(ws.phase1_state)
+    change(state)
+    return ws.torch_file(name, {"model": state, "epoch": 1})
+
+
+def _cut(ws: Workspace, source: Path, name: str, size: int) -> Path:
+    """The first ``size`` bytes of ``source`` as ``name`` (an interrupted copy or download); ``source`` removed."""
+    target = ws.path(name)
+    target.write_bytes(source.read_bytes()[:size])
+    source.unlink()
+    return target
+
+
+def _surgery_into_a_file(ws: Workspace):
+    blocker = ws.path("blocker")
+    blocker.write_text("a file where OUT's folder should be")
+    return [str(ws.phase1()), str(blocker / "native.pt"), "--preset", "tiny"], blocker, ["OUT", "not a folder"]
+
+
+def _coco_dataset_case(ws: Workspace):
+    paths = ws.dataset()
+    ws.edit_json(paths.train_json, lambda d: _ann(d).pop("iscrowd"))
+    config = ws.config(lambda raw: raw.__setitem__("dataset", {"dir": str(paths.root)}))
+    return ["--config", str(config), "--dry-run"], paths.train_json, ["iscrowd"]
+
+
+def _not_a_folder(ws: Workspace):
+    blocker = ws.path("a_file")
+    blocker.write_text("not a folder")
+    config = ws.config(lambda raw: raw.__setitem__("storage_path", str(blocker / "sweeps")))
+    return ["--config", str(config), "--dry-run"], blocker, ["storage_path", "not a folder"]
+
+
+def _patient_in_both(ws: Workspace):
+    paths = ws.dataset()
+    val_patient = json.loads(paths.val_json.read_text())["images"][0]["patient_id"]
+    ws.edit_json(paths.train_json, _set(_img, "patient_id", val_patient))
+    argv = [str(paths.train_json), str(paths.val_json), "--images", str(paths.images_dir)]
+    return argv, paths.val_json, [str(paths.train_json), "patient_id"]
+
+
+def _export_out_exists(ws: Workspace):
+    out = ws.path("best")
+    out.mkdir()
+    return [str(ws.path("sweep")), "--out", str(out)], out, ["--overwrite"]
+
+
+def _export_empty_folder(ws: Workspace):
+    ws.path("sweep").mkdir()
+    return [str(ws.path("sweep")), "--out", str(ws.path("best"))], ws.path("sweep"), ["not a Tune experiment"]
+
+
+def _export_a_file(ws: Workspace):
+    ws.path("sweep").write_text("not a folder")
+    return [str(ws.path("sweep")), "--out", str(ws.path("best"))], ws.path("sweep"), ["experiment folder not found"]
+
+
+CASES: dict[str, Case] = {
+    # --- COCO annotation files (python -m data_prep.validate) ---
+    "coco: file truncated mid-write": Case("validate", "coco", lambda ws: _validate_text(
+        ws, ws.dataset().train_json.read_bytes()[:700], "invalid JSON at line")),
+    "coco: empty file": Case("validate", "coco", lambda ws: _validate_text(ws, b"", "invalid JSON at line 1 column 1")),
+    "coco: binary file, not UTF-8 text": Case("validate", "coco", lambda ws: _validate_text(
+        ws, b"\x89PNG\r\n\x1a\n\xff\xfe\x00binary", "not UTF-8")),
+    "coco: top level is a list": Case("validate", "coco", lambda ws: _validate_text(ws, b"[]", "top level")),
+    "coco: NaN in a bbox": Case("validate", "coco", lambda ws: _validate(
+        ws, lambda d: _ann(d)["bbox"].__setitem__(0, float("nan")), "field 'bbox'")),
+    "coco: infinite area": Case("validate", "coco", lambda ws: _validate(
+        ws, _set(_ann, "area", float("inf")), "field 'area'")),
+    "coco: image id is a string": Case("validate", "coco", lambda ws: _validate(
+        ws, _set(_img, "id", "1"), "field 'id' must be an int")),
+    "coco: negative image width": Case("validate", "coco", lambda ws: _validate(
+        ws, _set(_img, "width", -224), "'width'/'height'")),
+    "coco: annotation is not an object": Case("validate", "coco", lambda ws: _validate(
+        ws, lambda d: d["annotations"].__setitem__(0, 5), "annotations[0] is not an object")),
+    "coco: iscrowd is 2": Case("validate", "coco", lambda ws: _validate(
+        ws, _set(_ann, "iscrowd", 2), "field 'iscrowd' is 2")),
+    "coco: bbox of 3 numbers": Case("validate", "coco", lambda ws: _validate(
+        ws, lambda d: _ann(d)["bbox"].pop(), "field 'bbox' must be [x, y, width, height]")),
+    "coco: polygon of strings": Case("validate", "coco", lambda ws: _validate(
+        ws, _set(_ann, "segmentation", [["1", "2", "3", "4", "5", "6"]]), "polygon 0 is not a flat list")),
+    "coco: a patient in train and val": Case("validate", "coco", _patient_in_both),
+    # --- image files ---
+    "image: --images folder missing": Case("validate", "image", lambda ws: (
+        [str(ws.dataset().train_json), "--images", str(ws.path("no-such-images"))], ws.path("no-such-images"),
+        ["--images", "not a folder"])),
+    "image: zero-byte file": Case("validate", "image", lambda ws: _image(
+        ws, lambda p: p.write_bytes(b""), "field 'file_name'", "cannot be read as an image")),
+    "image: JSON saved under an image's name": Case("validate", "image", lambda ws: _image(
+        ws, lambda p: p.write_text("{}"), "field 'file_name'", "cannot be read as an image")),
+    # --- sweep configs (python sweeps/stage2.py --config X --dry-run) ---
+    "config: YAML truncated": Case("stage2", "config", lambda ws: (
+        ["--config", str(ws.config(text="name: x\ntrial: {max_steps: 4, val_every")), "--dry-run"],
+        ws.path("sweep.yaml"),
+        ["not valid YAML"])),
+    "config: a list, not a mapping": Case("stage2", "config", lambda ws: (
+        ["--config", str(ws.config(text="- name\n- trial\n")), "--dry-run"], ws.path("sweep.yaml"),
+        ["must be a mapping"])),
+    "config: resolution not a multiple of 14": Case("stage2", "config", lambda ws: _dry_run(
+        ws, _trial(resolution=500), None, "resolution: 500 must be a positive multiple of the patch size 14")),
+    "config: GPUs requested where none exist": Case("stage2", "config", lambda ws: _dry_run(
+        ws, _trial(use_gpu=True), None, "trial.use_gpu", "0 GPU")),
+    "config: NCCL backend on CPU workers": Case("stage2", "config", lambda ws: _dry_run(
+        ws, _trial(backend="nccl"), None, "backend", "nccl", "use_gpu")),
+    "config: storage_path under a regular file": Case("stage2", "config", _not_a_folder),
+    "config: train_json does not exist": Case("stage2", "config", lambda ws: _dry_run(
+        ws, _trial(train_json=str(ws.path("absent.json"))), lambda ws: ws.path("absent.json"),
+        "trial.train_json", "does not exist")),
+    "config: dashboard bound to every interface": Case("stage2", "config", lambda ws: _dry_run(
+        ws, lambda raw: raw.__setitem__("ray", {"dashboard_host": "0.0.0.0"}), None, "ray.dashboard_host")),
+    "config: negative learning rate": Case("stage2", "config", lambda ws: _dry_run(
+        ws, _trial(lr_transformer=-1e-4), None, "lr_transformer", "must be >= 0")),
+    "config: num_samples is a string": Case("stage2", "config", lambda ws: _dry_run(
+        ws, lambda raw: raw.__setitem__("num_samples", "ten"), None, "num_samples: expected int")),
+    "config: --resume with no sweep to resume": Case("stage2", "config", lambda ws: (
+        ["--config", str(ws.config()), "--resume", "--dry-run"], ws.path("out") / "bad-input", ["--resume"])),
+    "config: dataset whose COCO file is broken": Case("stage2", "coco", _coco_dataset_case),
+    # --- search spaces (through the sweep config that names them) ---
+    "space: file missing": Case("stage2", "search space", lambda ws: _dry_run(
+        ws, lambda raw: raw.__setitem__("search_space", str(ws.path("nope.yaml"))), lambda ws: ws.path("nope.yaml"),
+        "cannot read the search space")),
+    "space: YAML truncated": Case("stage2", "search space", lambda ws: _space(
+        ws, "params:\n  lr_transformer: {type: loguniform, low: 2.0e-5", "not valid YAML")),
+    "space: qrandint with q 0": Case("stage2", "search space", lambda ws: _space(
+        ws, {"params": {"warmup_steps": {"type": "qrandint", "low": 0, "high": 100, "q": 0}}},
+        "params.warmup_steps", "q must be positive")),
+    "space: searches use_gpu": Case("stage2", "search space", lambda ws: _space(
+        ws, {"params": {"use_gpu": {"type": "choice", "values": [True, False]}}}, "params.use_gpu",
+        "fixed per sweep")),
+    "space: NaN bound": Case("stage2", "search space", lambda ws: _space(
+        ws, "params:\n  loss_ce: {type: uniform, low: .nan, high: 100}\n", "params.loss_ce", "not a finite")),
+    "space: resolution choice not a multiple of 14": Case("stage2", "search space", lambda ws: _space(
+        ws, {"params": {"resolution": {"type": "choice", "values": [224, 500]}}}, "params.resolution",
+        "value 500")),
+    "space: baseline point outside the domain": Case("stage2", "search space", lambda ws: _space(
+        ws, {"params": {"loss_ce": {"type": "uniform", "low": 10, "high": 100}},
+             "points_to_evaluate": [{"loss_ce": 500.0}]}, "points_to_evaluate[0].loss_ce", "outside")),
+    # --- checkpoints: the sweep's starting weights (trial.checkpoint) ---
+    "checkpoint: trial.checkpoint runs code when unpickled": Case("stage2", "checkpoint", lambda ws: _dry_run(
+        ws, _trial(checkpoint=str(ws.torch_file("evil.pt", {"detector.x": torch.zeros(1),
+                                                            "p": _TouchesAFile(ws.path("pwned"))}))),
+        lambda ws: ws.path("evil.pt"), "trial.checkpoint", "would run code")),
+    "checkpoint: trial.checkpoint truncated": Case("stage2", "checkpoint", lambda ws: _dry_run(
+        ws, _trial(checkpoint=str(_cut(ws, ws.native(), "cut.pt", 4096))), lambda ws: ws.path("cut.pt"),
+        "trial.checkpoint", "truncated or corrupt")),
+    "checkpoint: trial.checkpoint not surgered (sam3. prefix)": Case("stage2", "checkpoint", lambda ws: _dry_run(
+        ws, _trial(checkpoint=str(ws.torch_file("phase1_flat.pt", dict(ws.phase1_state)))),
+        lambda ws: ws.path("phase1_flat.pt"), "trial.checkpoint", "'detector.' prefix", "weight_surgery")),
+    # --- checkpoints: Phase 1 files (python -m data_prep.weight_surgery IN OUT --preset tiny) ---
+    "surgery: Phase 1 file truncated": Case("surgery", "checkpoint", lambda ws: _surgery(
+        ws, _cut(ws, ws.phase1(), "cut.pth", 100_000), "truncated or corrupt")),
+    "surgery: pickle that would run code": Case("surgery", "checkpoint", lambda ws: _surgery(
+        ws, ws.torch_file("evil.pth", {"model": {"sam3.x": torch.zeros(1)}, "p": _TouchesAFile(ws.path("pwned"))}),
+        "would run code")),
+    "surgery: wrong key prefix": Case("surgery", "checkpoint", lambda ws: _surgery(
+        ws, ws.torch_file("net.pth", {"state_dict": {k.replace("sam3.", "net.", 1): v
+                                                     for k, v in ws.phase1_state.items()}}),
+        "no sam3 weights found", "['net.'")),
+    "surgery: a tensor of the wrong shape": Case("surgery", "checkpoint", lambda ws: _surgery(
+        ws, _phase1_with(ws, "shape.pth", lambda s: s.__setitem__("sam3.dot_prod_scoring.hs_proj.weight",
+                                                                   torch.zeros(32, 64))),
+        "dot_prod_scoring.hs_proj.weight", "file [32, 64] vs model [64, 64]")),
+    "surgery: a tensor missing": Case("surgery", "checkpoint", lambda ws: _surgery(
+        ws, _phase1_with(ws, "missing.pth", lambda s: s.pop("sam3.transformer.decoder.presence_token.weight")),
+        "missing from the file", "transformer.decoder")),
+    "surgery: empty file": Case("surgery", "checkpoint", lambda ws: _surgery(
+        ws, _cut(ws, ws.phase1(), "empty.pth", 0), "empty")),
+    "surgery: a bare tensor, not a state dict": Case("surgery", "checkpoint", lambda ws: _surgery(
+        ws, ws.torch_file("tensor.pth", torch.zeros(3)), "no state dict found")),
+    "surgery: non-tensor entries": Case("surgery", "checkpoint", lambda ws: _surgery(
+        ws, ws.torch_file("mixed.pth", {"sam3.a": torch.zeros(1), "sam3.lr": 0.1}), "not tensors", "sam3.lr")),
+    "surgery: input file missing": Case("surgery", "checkpoint", lambda ws: _surgery(
+        ws, ws.path("absent.pth"), "not found")),
+    "surgery: output folder is a regular file": Case("surgery", "checkpoint", _surgery_into_a_file),
+    # --- sweep folders (python -m sweeps.export) ---
+    "export: experiment folder missing": Case("export", "sweep folder", lambda ws: (
+        [str(ws.path("sweep")), "--out", str(ws.path("best"))], ws.path("sweep"), ["experiment folder not found"])),
+    "export: experiment is a regular file": Case("export", "sweep folder", _export_a_file),
+    "export: an empty folder, not a Tune experiment": Case("export", "sweep folder", _export_empty_folder),
+    "export: --out exists": Case("export", "sweep folder", _export_out_exists),
+}
+
+
+def listing(root: Path) -> dict[str, int]:
+    """Every path under ``root`` with its size (folders: -1): what the workspace holds."""
+    return {str(p.relative_to(root)): (p.stat().st_size if p.is_file() else -1) for p in sorted(root.rglob("*"))}
+
+
+@pytest.fixture
+def workspace(tmp_path, synthetic_dataset, model_files, monkeypatch):
+    def no_ray(*args, **kwargs):
+        raise AssertionError("a bad input reached ray_compat.init_ray")
+
+    monkeypatch.setattr(ray_compat, "init_ray", no_ray)
+    return Workspace(tmp_path, synthetic_dataset, model_files)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_bad_input_exits_2_with_one_message_naming_file_and_field_and_writes_nothing(name, workspace, capsys):
+    case = CASES[name]
+    argv, named_file, fragments = case.build(workspace)
+    capsys.readouterr()
+    before = listing(workspace.root)
+
+    code = run_cli(CLIS[case.cli], argv)
+
+    out, err = capsys.readouterr()
+    assert code == 2, f"exit {code}; stdout:\n{out}\nstderr:\n{err}"
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert sum(line.startswith("error:") for line in lines) == 1, err
+    assert sum(line.startswith("  - ") for line in lines) <= 1, f"more than one problem reported:\n{err}"
+    assert str(named_file) in err, f"the message does not name {named_file}:\n{err}"
+    missing = [f for f in fragments if f not in err]
+    assert not missing, f"the message lacks {missing}:\n{err}"
+    assert listing(workspace.root) == before, "the command wrote (or left) files"
+
+
+def test_the_catalogue_covers_every_kind_of_input_with_at_least_25_cases():
+    kinds = {case.kind for case in CASES.values()}
+    assert len(CASES) >= 25
+    assert kinds == {"coco", "image", "config", "search space", "checkpoint", "sweep folder"}
+    assert {case.cli for case in CASES.values()} == set(CLIS)
+
+
+def test_an_unknown_cli_option_value_exits_2_through_argparse(workspace, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        export.main([str(workspace.path("sweep")), "--out", str(workspace.path("best")), "--pick", "loss"])
+    assert exit_.value.code == 2 and "invalid choice: 'loss'" in capsys.readouterr().err
+    assert listing(workspace.root) == {}
+
+
+def test_a_category_absent_from_train_is_a_warning_not_an_error(workspace, capsys):
+    paths = workspace.dataset()
+    workspace.edit_json(paths.train_json, lambda d: d.__setitem__(
+        "annotations", [a for a in d["annotations"] if a["category_id"] != 4]))
+    assert run_cli(validate.main, [str(paths.train_json), "--images", str(paths.images_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"warning: {paths.train_json}: category id 4" in out and "no instance" in out
