@@ -25,10 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from ray import tune
 
-from data_prep.errors import InputError
+from data_prep.errors import InputError, load_yaml
 from trainables.config import TrialConfig
 
 #: Fields a sweep fixes: ASHA's ``max_t`` and truncation detection use ``max_steps``; resources and data
@@ -57,13 +56,7 @@ def load_search_space(path: str | Path) -> dict[str, Any]:
 
 def load_search_spec(path: str | Path) -> SearchSpec:
     """Read and validate a search-space file; raise :class:`InputError` listing every problem."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise InputError(f"{path}: cannot read the search space ({err.strerror})") from err
-    except yaml.YAMLError as err:
-        raise InputError(f"{path}: not valid YAML ({err})") from err
+    raw = load_yaml(path, "search space")
     return parse_search_spec(raw, source=str(path))
 
 

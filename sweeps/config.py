@@ -31,9 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 
-from data_prep.errors import InputError
+from data_prep.errors import InputError, load_yaml
 from data_prep.layout import DatasetPaths
 from trainables.config import TrialConfig
 
@@ -160,13 +159,7 @@ def is_uri(path: str) -> bool:
 
 def load_sweep_config(path: str | Path) -> SweepConfig:
     """Read, type-check and validate a sweep YAML file; raise :class:`InputError` listing every problem."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise InputError(f"{path}: cannot read the sweep config ({err.strerror})") from err
-    except yaml.YAMLError as err:
-        raise InputError(f"{path}: not valid YAML ({err})") from err
+    raw = load_yaml(path, "sweep config")
     return parse_sweep_config(raw, source=str(path))
 
 
