@@ -12,6 +12,7 @@ import logging
 import math
 from typing import Any
 
+import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
@@ -71,3 +72,46 @@ class SweepOptunaSearch(OptunaSearch):
         logger.info("Optuna: trial %s -> %s", trial_id, state.name)
         self._ot_study.tell(self._ot_trials[trial_id], None, state=state)
         self._completed_trials.add(trial_id)
+
+
+class ResumableOptunaSearch(SweepOptunaSearch):
+    """``SweepOptunaSearch`` that reconciles its restored state with the live Optuna study on ``--resume``.
+
+    Tune restores the searcher from its last experiment snapshot, but the study (a journal file) is
+    written live, so after a driver kill it can be ahead of the snapshot in two ways:
+
+    - a trial was asked (RUNNING in the study) after the snapshot: Tune does not know it and will ask
+      for a new one. The next new Tune trial ADOPTS that Optuna trial (its sampled parameters, its
+      ``ray_trial_id`` updated) instead of asking another: no RUNNING trial is left behind, none is
+      duplicated, and an interrupted baseline point is run rather than lost or enqueued twice. The
+      sampler's random generator is then reseeded: restored from the snapshot, it would draw the adopted
+      trials' parameters once more.
+    - a trial was told (finished in the study) after the snapshot: Tune runs it again (its Train run
+      resumes from its last checkpoint). The study keeps the outcome it was first told; the second
+      completion is not told (Optuna refuses to tell a finished trial twice).
+    """
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        stored = {t._trial_id: t for t in self._ot_study.get_trials(deepcopy=False)}
+        known = {t._trial_id for t in self._ot_trials.values()}
+        self._adoptable = sorted(sid for sid, t in stored.items() if t.state == TrialState.RUNNING and sid not in known)
+        self._told_before_restore = {rid for rid, t in self._ot_trials.items()
+                                     if rid not in self._completed_trials and stored[t._trial_id].state.is_finished()}
+        if self._adoptable:  # the snapshot's sampler RNG would draw the adopted trials' parameters again
+            self._ot_study.sampler.reseed_rng()
+        if self._adoptable or self._told_before_restore:
+            logger.warning("Optuna study ahead of Tune's snapshot: adopting %d asked trial(s); keeping the "
+                           "first outcome of %s", len(self._adoptable), sorted(self._told_before_restore))
+
+    def suggest(self, trial_id: str) -> dict | None:
+        adoptable = getattr(self, "_adoptable", None)
+        if adoptable and trial_id not in self._ot_trials:
+            self._ot_trials[trial_id] = optuna.Trial(self._ot_study, adoptable.pop(0))
+        return super().suggest(trial_id)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in getattr(self, "_told_before_restore", ()) and trial_id not in self._completed_trials:
+            self._completed_trials.add(trial_id)
+            return
+        super().on_trial_complete(trial_id, result=result, error=error)

@@ -22,11 +22,8 @@ if __package__ in (None, ""):  # run as a script path: make the repository root 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
 
 import optuna  # noqa: E402
-from optuna.trial import TrialState  # noqa: E402
 from optuna.storages import JournalStorage  # noqa: E402
 from optuna.storages.journal import JournalFileBackend  # noqa: E402
 
@@ -34,12 +31,10 @@ from data_prep.errors import InputError, run_cli  # noqa: E402
 from search_spaces import SearchSpec, load_search_spec  # noqa: E402
 from sweeps import ray_compat  # noqa: E402
 from sweeps.config import METRIC, SECOND_OBJECTIVE, TIME_ATTR, SweepConfig, is_uri, load_sweep_config  # noqa: E402
-from sweeps.optuna_search import RAY_TRIAL_ID_ATTR, SweepOptunaSearch  # noqa: E402
+from sweeps.optuna_search import RAY_TRIAL_ID_ATTR, ResumableOptunaSearch  # noqa: E402
 from sweeps import wandb_summary  # noqa: E402
 
 TrainLoop = Callable[[dict], None]
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -184,12 +179,10 @@ def make_trial_function(cfg: SweepConfig, train_loop: TrainLoop) -> Callable[[di
     failures = FailureConfig(max_failures=cfg.failure.max_failures)
     resources = {"CPU": base.cpu_threads_per_worker, **({"GPU": 1} if base.use_gpu else {})}
 
-    worker_loop = report_finished_run_again(train_loop)
-
     def sam3_trial(config: dict) -> None:
         trial = base.replace(**config)
         trainer = TorchTrainer(
-            worker_loop,
+            train_loop,
             train_loop_config={"trial": trial.to_dict()},
             scaling_config=ScalingConfig(num_workers=trial.num_workers, use_gpu=trial.use_gpu,
                                          resources_per_worker=resources),
@@ -205,87 +198,7 @@ def make_trial_function(cfg: SweepConfig, train_loop: TrainLoop) -> Callable[[di
     return tune.with_resources(sam3_trial, ray_compat.TRIAL_DRIVER_RESOURCES)
 
 
-def report_finished_run_again(train_loop: TrainLoop) -> TrainLoop:
-    """``train_loop``, except that a Train run resumed from its FINAL checkpoint reports it once more.
-
-    After a driver kill, Tune re-runs every trial its last experiment snapshot (taken every ~10 s) shows
-    unfinished, including one that finished in the seconds before the kill. Its Train run then resumes
-    from the checkpoint at ``max_steps``, the loop has no step left and reports nothing, and Tune stops
-    the whole sweep ("did not include the specified metric(s) `val_dice`"). Reporting that checkpoint's
-    saved metrics (``metrics.json`` of ``trainables.trial_checkpoint``) gives Tune the trial's real
-    final result instead. Any other start (fresh, or mid-run) runs ``train_loop`` unchanged.
-    """
-
-    def loop(config: dict) -> None:
-        if not _reported_final_checkpoint(config["trial"]["max_steps"]):
-            train_loop(config)
-
-    return loop
-
-
-def _reported_final_checkpoint(max_steps: int) -> bool:
-    """On a Train worker: report the resumed checkpoint's saved metrics if it is at ``max_steps``."""
-    import ray.train
-
-    from trainables.trial_checkpoint import METRICS_FILE
-
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return False
-    with checkpoint.as_directory() as directory:
-        saved_file = Path(directory) / METRICS_FILE
-        saved = json.loads(saved_file.read_text()) if saved_file.exists() else {}
-    if not saved.get("metrics") or saved.get("step", 0) < max_steps:
-        return False
-    rank_zero = ray.train.get_context().get_world_rank() == 0
-    ray.train.report(saved["metrics"], checkpoint=checkpoint if rank_zero else None)  # every worker: a barrier
-    return True
-
-
-class ResumableOptunaSearch(SweepOptunaSearch):
-    """``SweepOptunaSearch`` that reconciles its restored state with the live Optuna study on ``--resume``.
-
-    Tune restores the searcher from its last experiment snapshot, but the study (a journal file) is
-    written live, so after a driver kill it can be ahead of the snapshot in two ways:
-
-    - a trial was asked (RUNNING in the study) after the snapshot: Tune does not know it and will ask
-      for a new one. The next new Tune trial ADOPTS that Optuna trial (its sampled parameters, its
-      ``ray_trial_id`` updated) instead of asking another: no RUNNING trial is left behind, none is
-      duplicated, and an interrupted baseline point is run rather than lost or enqueued twice. The
-      sampler's random generator is then reseeded: restored from the snapshot, it would draw the adopted
-      trials' parameters once more.
-    - a trial was told (finished in the study) after the snapshot: Tune runs it again (its Train run
-      resumes from its last checkpoint). The study keeps the outcome it was first told; the second
-      completion is not told (Optuna refuses to tell a finished trial twice).
-    """
-
-    def restore(self, checkpoint_path: str) -> None:
-        super().restore(checkpoint_path)
-        stored = {t._trial_id: t for t in self._ot_study.get_trials(deepcopy=False)}
-        known = {t._trial_id for t in self._ot_trials.values()}
-        self._adoptable = sorted(sid for sid, t in stored.items() if t.state == TrialState.RUNNING and sid not in known)
-        self._told_before_restore = {rid for rid, t in self._ot_trials.items()
-                                     if rid not in self._completed_trials and stored[t._trial_id].state.is_finished()}
-        if self._adoptable:  # the snapshot's sampler RNG would draw the adopted trials' parameters again
-            self._ot_study.sampler.reseed_rng()
-        if self._adoptable or self._told_before_restore:
-            logger.warning("Optuna study ahead of Tune's snapshot: adopting %d asked trial(s); keeping the "
-                           "first outcome of %s", len(self._adoptable), sorted(self._told_before_restore))
-
-    def suggest(self, trial_id: str) -> dict | None:
-        adoptable = getattr(self, "_adoptable", None)
-        if adoptable and trial_id not in self._ot_trials:
-            self._ot_trials[trial_id] = optuna.Trial(self._ot_study, adoptable.pop(0))
-        return super().suggest(trial_id)
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in getattr(self, "_told_before_restore", ()) and trial_id not in self._completed_trials:
-            self._completed_trials.add(trial_id)
-            return
-        super().on_trial_complete(trial_id, result=result, error=error)
-
-
-def make_searcher(cfg: SweepConfig, spec: SearchSpec) -> SweepOptunaSearch:
+def make_searcher(cfg: SweepConfig, spec: SearchSpec) -> ResumableOptunaSearch:
     """Multi-objective Optuna search whose study lives in a JournalStorage file (resumes by study name)."""
     samplers = {"tpe": optuna.samplers.TPESampler, "nsga2": optuna.samplers.NSGAIISampler,
                 "random": optuna.samplers.RandomSampler}

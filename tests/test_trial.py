@@ -105,3 +105,15 @@ def test_a_non_finite_loss_stops_the_trial_as_diverged_without_a_new_checkpoint(
     assert last["diverged"] is True and last["step"] < 6
     assert last["val_dice"] == 0.0 and last["val_ap75"] == 0.0
     assert len(recorder.checkpoints) == len(recorder.reports) - 1
+
+
+def test_resuming_a_finished_run_reports_its_final_checkpoint_again_without_training(synthetic_dataset, tmp_path):
+    """A driver killed after a trial's last report makes Tune re-run the trial: nothing is left to train,
+    and the trial must still report its final result (else Tune sees no objective and stops the sweep)."""
+    cfg = trial_config(synthetic_dataset, max_steps=2, val_every=2)
+    finished = Recorder(tmp_path / "finished")
+    run_trial(cfg, report=finished)
+    again = Recorder(tmp_path / "again")
+    run_trial(cfg, resume_from=finished.checkpoints[-1], report=again)
+    assert again.reports == finished.reports
+    assert (again.checkpoints[0] / MODEL_FILE).read_bytes() == (finished.checkpoints[-1] / MODEL_FILE).read_bytes()

@@ -44,6 +44,7 @@ from trainables.prompt_cache import enable_prompt_cache
 from trainables.resolution import set_resolution
 from trainables.trial_checkpoint import (
     load_model_weights,
+    load_saved_metrics,
     load_trainer_state,
     restore_rng,
     save_trial_checkpoint,
@@ -182,6 +183,11 @@ def run_trial(cfg: TrialConfig, *, rank: int = 0, world_size: int = 1, device: t
         scheduler.load_state_dict(state.scheduler)
         step = state.step
         log.info("resumed at step %d (lr %s)", step, scheduler.get_last_lr())
+        if step >= cfg.max_steps:
+            # A finished run resumed: its driver died after the last report but before Tune's snapshot
+            # recorded the trial as done. Report the final checkpoint's metrics again (no step is left).
+            report(load_saved_metrics(resume_from), resume_from if rank == 0 else None)
+            return
     train_model = model
     if world_size > 1:
         train_model = wrap_ddp(model)

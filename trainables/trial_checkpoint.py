@@ -81,3 +81,8 @@ def load_trainer_state(directory: Path) -> TrainerState:
     raw = safe_torch_load(Path(directory) / STATE_FILE)
     return TrainerState(step=int(raw["step"]), optimizer=raw["optimizer"], scheduler=raw["scheduler"],
                         rng=raw["rng"])
+
+
+def load_saved_metrics(directory: Path) -> dict[str, Any]:
+    """The metrics that were reported together with this checkpoint."""
+    return json.loads((Path(directory) / METRICS_FILE).read_text())["metrics"]
