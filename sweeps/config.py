@@ -38,6 +38,8 @@ from trainables.config import TrialConfig
 
 #: The metric ASHA stops on and checkpoints are ranked by; the second objective Optuna sees.
 METRIC = "val_dice"
+#: validation metrics the trial loop reports that ASHA may stop on (all "higher is better")
+ASHA_METRICS = frozenset({"val_dice", "val_dice_pooled", "val_ap", "val_ap50", "val_ap75", "val_presence_auroc"})
 SECOND_OBJECTIVE = "val_ap75"
 #: The step counter ``train_loop_per_worker`` reports; ASHA's time attribute (survives driver restores).
 TIME_ATTR = "step"
@@ -45,10 +47,16 @@ TIME_ATTR = "step"
 
 @dataclass
 class SchedulerConfig:
-    """ASHA on ``val_dice`` (max) with ``step`` as time; ``max_t`` is the trial's ``max_steps``."""
+    """ASHA (max) on ``metric`` with ``step`` as time; ``max_t`` is the trial's ``max_steps``.
+
+    ``metric`` is ``val_dice`` unless a sweep has reason to stop on another reported validation metric
+    (the CPU demo: its tiny model's thresholded Dice is still 0 everywhere after 20 steps, so ASHA could
+    not rank trials by it). Optuna's objectives stay (val_dice, val_ap75) whatever ASHA uses.
+    """
 
     grace_period: int = 100  # steps a trial runs before ASHA may stop it
     reduction_factor: int = 3
+    metric: str = "val_dice"
 
 
 @dataclass
@@ -208,6 +216,8 @@ def _check_ranges(cfg: SweepConfig, problems: list[str]) -> None:
     if cfg.scheduler.grace_period > cfg.trial.max_steps:
         problems.append(f"scheduler.grace_period: {cfg.scheduler.grace_period} exceeds trial.max_steps "
                         f"{cfg.trial.max_steps} (ASHA could never stop a trial)")
+    if cfg.scheduler.metric not in ASHA_METRICS:
+        problems.append(f"scheduler.metric: {cfg.scheduler.metric!r} is not one of {sorted(ASHA_METRICS)}")
     if cfg.failure.max_failures < -1:
         problems.append(f"failure.max_failures: {cfg.failure.max_failures!r} must be >= -1 (-1: retry forever)")
     if cfg.ray.dashboard_host not in ("127.0.0.1", "localhost"):

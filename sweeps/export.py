@@ -233,7 +233,7 @@ def choose(histories: Mapping[str, Any], pick: str, front: Sequence[ParetoRow] |
     metric = PICK_METRIC[pick]
     candidates = []
     for trial_id, history in histories.items():
-        path = best_checkpoint(history) if metric == METRIC else _best_saved(history, metric)
+        path = best_checkpoint(history, metric)
         if path is not None:
             candidates.append(_choice(trial_id, history, path))
     if not candidates:
@@ -244,14 +244,6 @@ def choose(histories: Mapping[str, Any], pick: str, front: Sequence[ParetoRow] |
 
 def _has_values(history, column: str) -> bool:
     return history is not None and column in history and history[column].notna().any()
-
-
-def _best_saved(history, metric: str) -> str | None:
-    """Like :func:`sweeps.stage2.best_checkpoint`, for another metric."""
-    if not _has_values(history, metric) or "checkpoint_path" not in history:
-        return None
-    saved = history.dropna(subset=["checkpoint_path", metric])
-    return None if saved.empty else str(saved.loc[saved[metric].idxmax(), "checkpoint_path"])
 
 
 def _choice(trial_id: str, history, checkpoint_path: str) -> Choice:

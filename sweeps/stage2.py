@@ -145,7 +145,7 @@ def describe_plan(cfg: SweepConfig, spec: SearchSpec, *, resume: bool) -> str:
         f"  trials         : {cfg.num_samples}, {concurrency}",
         f"  per trial      : {t.num_workers} workers x {per_worker}, backend {t.backend}, {t.precision}, "
         f"preset {t.preset}, {t.resolution} px, {t.max_steps} steps, validation every {t.val_every}",
-        f"  ASHA           : {METRIC} max on '{TIME_ATTR}', grace {cfg.scheduler.grace_period}, "
+        f"  ASHA           : {cfg.scheduler.metric} max on '{TIME_ATTR}', grace {cfg.scheduler.grace_period}, "
         f"reduction {cfg.scheduler.reduction_factor}, max_t {t.max_steps}",
         f"  failures       : {cfg.failure.max_failures} restarts per trial; keep {cfg.checkpoint.num_to_keep} "
         f"checkpoints by {METRIC}",
@@ -246,7 +246,7 @@ def run_sweep(cfg: SweepConfig, spec: SearchSpec, *, resume: bool = False,
             param_space=spec.params,
             tune_config=tune.TuneConfig(
                 search_alg=make_searcher(cfg, spec),
-                scheduler=ASHAScheduler(time_attr=TIME_ATTR, metric=METRIC, mode="max", max_t=cfg.trial.max_steps,
+                scheduler=ASHAScheduler(time_attr=TIME_ATTR, metric=cfg.scheduler.metric, mode="max", max_t=cfg.trial.max_steps,
                                         grace_period=cfg.scheduler.grace_period,
                                         reduction_factor=cfg.scheduler.reduction_factor),
                 num_samples=cfg.num_samples,
@@ -285,12 +285,15 @@ def pareto_front(cfg: SweepConfig, results) -> list[ParetoRow]:
     return sorted(rows, key=lambda r: -r.val_dice)
 
 
-def best_checkpoint(history) -> str | None:
-    """The ``checkpoint_path`` of the best-val_dice report that saved one (a Tune metrics dataframe)."""
-    if history is None or "checkpoint_path" not in history or METRIC not in history:
+def best_checkpoint(history, metric: str = METRIC) -> str | None:
+    """The ``checkpoint_path`` of the best-``metric`` report that saved one (a Tune metrics dataframe)."""
+    if history is None or "checkpoint_path" not in history or metric not in history:
         return None
-    saved = history.dropna(subset=["checkpoint_path", METRIC])
-    return None if saved.empty else str(saved.loc[saved[METRIC].idxmax(), "checkpoint_path"])
+    saved = history.dropna(subset=["checkpoint_path", metric])
+    if saved.empty:
+        return None
+    best = saved[saved[metric] == saved[metric].max()]
+    return str(best["checkpoint_path"].iloc[-1])  # ties: the latest, the one Train's retention keeps
 
 
 def format_outcome(outcome: SweepOutcome) -> str:

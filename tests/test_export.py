@@ -279,3 +279,17 @@ def test_a_pyarrow_uri_experiment_is_read_through_its_filesystem(experiment, tmp
     result = export_best(f"file://{experiment}", tmp_path / "best", pick="dice")
     (model,) = result.models
     assert model.step == 2 and model.model_path.read_bytes() == (dice_export.out / "model.pt").read_bytes()
+
+
+def test_on_tied_scores_the_latest_checkpoint_is_the_best_one_as_trains_retention_keeps_it():
+    import pandas as pd
+
+    from sweeps.stage2 import best_checkpoint
+
+    history = pd.DataFrame({"step": [5, 10, 15], "val_dice": [0.0, 0.0, 0.0],
+                            "checkpoint_path": ["a", "b", "c"]})
+    assert best_checkpoint(history) == "c"
+    history["val_dice"] = [0.0, 0.2, 0.2]
+    assert best_checkpoint(history) == "c"
+    history["val_dice"] = [0.3, 0.2, 0.2]
+    assert best_checkpoint(history) == "a"

@@ -105,3 +105,14 @@ def test_an_unreadable_file_is_an_input_error(tmp_path):
 def test_yaml_round_trip_of_a_shipped_config_is_stable(tmp_path):
     raw = yaml.safe_load(Path("sweeps/configs/local.yaml").read_text())
     assert parse_sweep_config(raw, source="x") == load_sweep_config("sweeps/configs/local.yaml")
+
+
+def test_asha_may_stop_on_another_reported_validation_metric_but_not_on_an_unknown_one():
+    from sweeps.config import parse_sweep_config
+
+    base = {"name": "x", "storage_path": "/tmp/x", "search_space": "search_spaces/local.yaml",
+            "trial": {"max_steps": 200}}
+    assert parse_sweep_config({**base, "scheduler": {"metric": "val_presence_auroc"}},
+                              source="t").scheduler.metric == "val_presence_auroc"
+    with pytest.raises(InputError, match="scheduler.metric: 'val_dcie'"):
+        parse_sweep_config({**base, "scheduler": {"metric": "val_dcie"}}, source="t")
