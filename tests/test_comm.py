@@ -116,22 +116,11 @@ def test_two_accumulated_batches_give_the_mean_of_their_gradients_and_losses(syn
 
 
 def test_accumulation_counts_optimizer_steps_and_resumes_exactly(synthetic_dataset, tmp_path):
-    from test_trial import Recorder, WorkerKilled
+    from test_trial import straight_interrupted_and_resumed
 
     cfg = config(synthetic_dataset, max_steps=4, val_every=2, grad_accum_steps=2, schedule="cosine",
                  warmup_steps=4)
-    straight = Recorder(tmp_path / "straight")
-    run_trial(cfg, report=straight)
-    first_half = Recorder(tmp_path / "first")
-
-    def report_then_die(metrics, checkpoint_dir):
-        first_half(metrics, checkpoint_dir)
-        raise WorkerKilled
-
-    with pytest.raises(WorkerKilled):
-        run_trial(cfg, report=report_then_die)
-    resumed = Recorder(tmp_path / "resumed")
-    run_trial(cfg, resume_from=first_half.checkpoints[0], report=resumed)
+    straight, _, resumed = straight_interrupted_and_resumed(cfg, tmp_path)
 
     assert [r["step"] for r in straight.reports] == [2, 4]
     assert [r["epoch"] for r in straight.reports] == [0.5, 1.0]  # 8 training images, 2 per optimizer step

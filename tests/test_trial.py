@@ -67,12 +67,11 @@ class WorkerKilled(Exception):
     """Raised by a reporter to stand for a worker killed right after a checkpoint was persisted."""
 
 
-def test_resuming_from_a_checkpoint_continues_exactly_where_the_run_stopped(synthetic_dataset, tmp_path):
-    cfg = trial_config(synthetic_dataset, max_steps=6, val_every=3, schedule="cosine")
-    straight = Recorder(tmp_path / "straight")
+def straight_interrupted_and_resumed(cfg: TrialConfig, root: Path) -> tuple[Recorder, Recorder, Recorder]:
+    """Run ``cfg`` once uninterrupted; once killed right after its first checkpoint; then resume that one."""
+    straight = Recorder(root / "straight")
     run_trial(cfg, report=straight)
-
-    first_half = Recorder(tmp_path / "first")
+    first_half = Recorder(root / "first")
 
     def report_then_die(metrics, checkpoint_dir):
         first_half(metrics, checkpoint_dir)
@@ -80,8 +79,14 @@ def test_resuming_from_a_checkpoint_continues_exactly_where_the_run_stopped(synt
 
     with pytest.raises(WorkerKilled):
         run_trial(cfg, report=report_then_die)
-    resumed = Recorder(tmp_path / "resumed")
+    resumed = Recorder(root / "resumed")
     run_trial(cfg, resume_from=first_half.checkpoints[0], report=resumed)
+    return straight, first_half, resumed
+
+
+def test_resuming_from_a_checkpoint_continues_exactly_where_the_run_stopped(synthetic_dataset, tmp_path):
+    cfg = trial_config(synthetic_dataset, max_steps=6, val_every=3, schedule="cosine")
+    straight, first_half, resumed = straight_interrupted_and_resumed(cfg, tmp_path)
 
     assert [r["step"] for r in first_half.reports] == [3]
     assert [r["step"] for r in resumed.reports] == [6]
