@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,8 +40,6 @@ SEGMENT_COLOURS: dict[int, str] = {
 }
 HEADER_PX = 24  # height of the title strip above the panels
 ALPHA = 0.55  # opacity of a painted mask
-EXPORT_MODEL = "model.pt"
-EXPORT_CONFIG = "trial_config.json"
 
 
 @dataclass(frozen=True)
@@ -101,32 +98,19 @@ def ground_truth_masks(coco, image_id: int) -> dict[int, np.ndarray]:
     return masks
 
 
-def load_export_config(export_dir: Path):
-    """The :class:`~trainables.config.TrialConfig` an export was trained with."""
-    from trainables.config import TrialConfig
-
-    raw = json.loads((Path(export_dir) / EXPORT_CONFIG).read_text(encoding="utf-8"))
-    return TrialConfig.from_dict(raw, source=str(Path(export_dir) / EXPORT_CONFIG))
-
-
 def predict_masks(export_dir: Path, max_images: int) -> list[ImageMasks]:
     """Run an export's model on its first ``max_images`` validation images; thresholded masks per category."""
     import torch
     from pycocotools.coco import COCO
     from sam3.model.utils.misc import copy_data_to_device
 
-    from trainables.checkpoint import load_native
+    from sweeps.export import load_model
     from trainables.data import build_loader
     from trainables.evaluate import final_output, predictions_from_output
-    from trainables.model import build_model
-    from trainables.resolution import set_resolution
 
-    cfg = load_export_config(export_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = build_model(cfg.preset)
-    load_native(model, Path(export_dir) / EXPORT_MODEL)
-    set_resolution(model, cfg.resolution)
-    model = model.to(device).eval()
+    model, cfg = load_model(export_dir, device=device)  # manifest checked, strict load, trial resolution
+    model = model.eval()
     predicted: dict[int, dict[int, np.ndarray]] = {}
     with torch.no_grad():
         for batch in build_loader(cfg, "val"):

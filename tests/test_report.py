@@ -105,6 +105,7 @@ def experiment(tmp_path_factory):
 @pytest.fixture(scope="module")
 def export_dir(synthetic_dataset, tmp_path_factory):
     """An export directory as sweeps/export.py writes it: a tiny untrained model that predicts everywhere."""
+    from sweeps.export import write_manifest
     from trainables.checkpoint import save_native
     from trainables.config import TrialConfig
     from trainables.model import build_model
@@ -116,6 +117,7 @@ def export_dir(synthetic_dataset, tmp_path_factory):
                       score_threshold=0.0)  # threshold 0: every query is kept, so predictions are visible
     (out / "trial_config.json").write_text(json.dumps(cfg.to_dict()))
     (out / "metrics.json").write_text(json.dumps({"val_dice": 0.0}))
+    write_manifest(out)
     return out
 
 
