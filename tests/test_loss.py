@@ -127,6 +127,24 @@ def test_changing_loss_mask_scales_only_the_mask_term(model, datapoints):
                                                                   rel=1e-5)
 
 
+def test_absent_query_loss_adds_the_absent_prompts_queries_to_loss_ce_and_changes_nothing_else(model, datapoints):
+    """sam3 zeroes the query classification loss of absent prompts; ``absent_query_loss`` keeps it."""
+    batch = collate(datapoints)
+    with torch.no_grad():
+        stages = model(batch)
+    targets = [model.back_convert(t) for t in batch.find_targets]
+    native = build_loss(TrialConfig(), distributed=False)(stages, targets)
+    absent = build_loss(TrialConfig().replace(absent_query_loss=True), distributed=False)(stages, targets)
+    assert absent["loss_ce"] > native["loss_ce"]  # the synthetic frames show 5-14 of 14 segments
+    for key in native:
+        if not key.startswith(("loss_ce", "core_loss")):
+            assert torch.equal(native[key], absent[key]), key
+    without_presence_token = build_loss(TrialConfig(), distributed=False)
+    ce_loss = next(f for f in without_presence_token.loss_fns_find if isinstance(f, IABCEMdetr))
+    ce_loss.use_presence = False  # sam3's own classification loss as it is without a presence token
+    assert absent["loss_ce"] == without_presence_token(stages, targets)["loss_ce"]
+
+
 # --- prompt chunks -------------------------------------------------------------------------------------------
 
 

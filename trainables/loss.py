@@ -85,13 +85,33 @@ class ChunkAwareLossWrapper(Sam3LossWrapper):
         return torch.clamp(count, min=1) * self._chunk.row_fraction
 
 
+class AbsentQueryIABCEMdetr(IABCEMdetr):
+    """sam3's ``IABCEMdetr`` that also supervises the queries of absent prompts (``absent_query_loss``).
+
+    With the presence token on, sam3 multiplies the query classification loss by ``keep_loss`` (1 only for
+    find-query rows with a visible target), so a prompt's absence is learned from one presence bit per
+    row. Here ``loss_ce`` is sam3's own term computed as without the presence token (every query of
+    an absent prompt is a negative, weighted like any other negative); ``presence_loss`` and the
+    accuracy figures are sam3's unchanged.
+    """
+
+    def get_loss(self, outputs, targets, indices, num_boxes):
+        losses = super().get_loss(outputs, targets, indices, num_boxes)
+        self.use_presence = False
+        try:
+            losses["loss_ce"] = super().get_loss(outputs, targets, indices, num_boxes)["loss_ce"]
+        finally:
+            self.use_presence = True
+        return losses
+
+
 def build_loss(cfg: TrialConfig, *, distributed: bool) -> ChunkAwareLossWrapper:
     """sam3's loss for a trial: the config's six weights, global normalisation iff ``distributed``."""
     sam3_compat.apply()  # sam3's focal loss: torch, not Triton, off CUDA
     return ChunkAwareLossWrapper(
         loss_fns_find=[
             Boxes(weight_dict={"loss_bbox": cfg.loss_bbox, "loss_giou": cfg.loss_giou}),
-            IABCEMdetr(
+            (AbsentQueryIABCEMdetr if cfg.absent_query_loss else IABCEMdetr)(
                 pos_weight=POS_WEIGHT,
                 weight_dict={"loss_ce": cfg.loss_ce, "presence_loss": cfg.presence_loss},
                 alpha=0.25,
