@@ -1,109 +1,435 @@
-"""The full SAM3 training step as this project's trainable runs it, on one GPU (skips without CUDA).
+"""The full SAM3 training step on one GPU: the trainable vs a bare sam3 loop, precisions, memory, Gloo DDP.
 
-Builds the ``full`` preset (sam3's own architecture, 840.5 M parameters) at 1008, converts it to each
-resolution with ``set_resolution``, and times the trial's own ``train_step`` (sam3's native loss with
-its matchers, prompt chunks, clipping, AdamW) on synthetic angiograms, one image x 14 CASS prompts per
-step: median of ``--steps`` after 2 warm-up steps, peak ``torch.cuda.max_memory_allocated``. The bare
-sam3 loop measured on an H200 in ``shared/reference/gpu_step_costs.md`` is the baseline (fp32 1.12 s,
-tf32 0.62 s at 672; tf32 1.49 s at 1008, sam3's default activation checkpointing).
+Builds the ``full`` preset (sam3's own architecture, 840.5 M parameters, random init) and, on synthetic
+angiograms (one image x 14 CASS prompts per step), measures four things in one run:
 
-    python bench/gpu_step.py [--steps 5] [--out FILE]
+1. ``steps``: seconds per optimizer step (median of ``--steps`` after 2 warm-up steps) and peak memory of the
+   trial's own ``train_step`` (sam3's native loss and matchers, prompt chunks, divergence vote, clipping,
+   AdamW) and of a bare sam3 loop (forward, loss, backward, clip, AdamW: ``sam3/train/trainer.py``'s step)
+   on the same model and batch, for fp32 / tf32 / bf16, sam3's activation checkpointing or the minimal one,
+   text encoder trained or frozen with cached prompt embeddings, at 672 and 1008 px.
+2. ``numerics``: loss and gradient relative error of tf32 and bf16 against fp32 (same weights and batch,
+   dropout off).
+3. ``profile``: where the fastest configuration's step spends its time (torch.profiler, top operators).
+4. ``ddp``: 2 processes x Gloo on the one GPU (the users' 2-GPU Windows set-up, emulated): exposed gradient
+   all-reduce per optimizer step (DDP step minus the same step under ``no_sync``) for fp32, a frozen text
+   encoder and bf16 compression, against the single-process compute step.
+
+The reference bare-loop figures (``shared/reference/gpu_step_costs.md``, H200) are printed beside.
+``--preset tiny`` runs everything on the CPU at 224/336 px as a dry run of the script.
+
+    python bench/gpu_step.py [--parts steps,numerics,profile,ddp] [--steps 5] [--out FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import socket
 import statistics
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-REFERENCE = {("672", "fp32"): 1.12, ("672", "tf32"): 0.62, ("1008", "fp32"): 2.18, ("1008", "tf32"): 1.49}
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+import torch.multiprocessing as mp  # noqa: E402
+
+# bare sam3 loop on an H200 (gpu_step_costs.md): seconds per step
+REFERENCE = {(672, "fp32", "sam3", False): 1.12, (672, "tf32", "sam3", False): 0.62,
+             (672, "tf32", "minimal", False): 0.53, (672, "bf16", "minimal", False): 0.43,
+             (672, "bf16", "minimal", True): 0.36, (672, "tf32", "minimal", True): 0.50,
+             (1008, "fp32", "sam3", False): 2.18, (1008, "tf32", "sam3", False): 1.49,
+             (1008, "bf16", "minimal", True): 0.49}
+
+# (resolution index: 0 = low, 1 = high; precision; activation checkpointing; text frozen + cached; chunk)
+# The text encoder cannot be unfrozen again: the frozen configurations come last.
+STEP_CONFIGS = [
+    (0, "fp32", "sam3", False, 14), (0, "tf32", "sam3", False, 14), (0, "bf16", "sam3", False, 14),
+    (0, "bf16", "minimal", False, 14),
+    (0, "fp32", "sam3", True, 14), (0, "tf32", "sam3", True, 14), (0, "bf16", "sam3", True, 14),
+    (0, "tf32", "minimal", True, 14), (0, "bf16", "minimal", True, 14),
+    (1, "bf16", "sam3", True, 14), (1, "bf16", "sam3", True, 7), (1, "tf32", "sam3", True, 7),
+    (1, "bf16", "minimal", True, 14),
+]
+FASTEST = (0, "bf16", "minimal", True, 14)
 
 
-def time_steps(model, batch, loss_fn, cfg, steps: int) -> tuple[float, float]:
-    """Median seconds per optimizer step and peak GiB, after two warm-up steps."""
-    import torch
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
+
+def peak_gib(device: torch.device) -> float:
+    return torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def bare_step(model, batch, loss_fn, optimizer, cfg) -> torch.Tensor:
+    """sam3's own training step (``trainer.py``: forward, targets, loss, backward, clip, step), no chunks."""
+    from sam3.model.utils.misc import copy_data_to_device
+    from sam3.train.loss.loss_fns import CORE_LOSS_KEY
+
+    from trainables.data import collate
+    from trainables.precision import autocast_context
+
+    optimizer.zero_grad(set_to_none=True)
+    data = copy_data_to_device(collate(batch), next(model.parameters()).device, non_blocking=True)
+    with autocast_context(cfg.precision):
+        stages = model(data)
+        targets = [model.back_convert(t) for t in data.find_targets]
+        loss = loss_fn(stages, targets)[CORE_LOSS_KEY]
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    return loss.detach()
+
+
+def time_interleaved(steps_by_kind: dict, device: torch.device, steps: int) -> dict[str, tuple[float, float]]:
+    """Median seconds per call of each kind's step, the kinds alternating call by call (so that drifts in
+    clocks or load hit all alike), after 2 warm-up rounds; and each kind's peak GiB (from its first rounds).
+    A kind that raises is reported as its exception and left out of later rounds."""
+    times: dict[str, list[float]] = {kind: [] for kind in steps_by_kind}
+    peaks: dict[str, float] = {}
+    results: dict = {}
+    for index in range(steps + 2):
+        for kind, step in steps_by_kind.items():
+            if kind in results:
+                continue
+            if index == 0:
+                reset_peak(device)
+            try:
+                sync(device)
+                start = time.perf_counter()
+                loss = step()
+                sync(device)
+            except Exception as err:  # noqa: BLE001 - a failing configuration is a result to report
+                results[kind] = err
+                traceback.print_exc(limit=3)
+                continue
+            if index == 0:
+                peaks[kind] = peak_gib(device)
+            if index >= 2:
+                times[kind].append(time.perf_counter() - start)
+            if not torch.isfinite(torch.as_tensor(loss)).all():
+                results[kind] = RuntimeError(f"non-finite loss {loss}")
+    for kind in steps_by_kind:
+        results.setdefault(kind, (statistics.median(times[kind]), peaks[kind]))
+    return results
+
+
+class Bench:
+    """One model, converted between the configurations (resolution, checkpointing, frozen text)."""
+
+    def __init__(self, preset: str, resolutions: tuple[int, int], device: torch.device, tmp: Path):
+        from trainables.distributed import prepare_for_ddp
+        from trainables.model import build_model
+
+        self.preset, self.resolutions, self.device, self.tmp = preset, resolutions, device, tmp
+        start = time.perf_counter()
+        self.model = prepare_for_ddp(build_model(preset, seed=0)).to(device)
+        print(f"{preset} preset built and moved to {device} in {time.perf_counter() - start:.1f} s", flush=True)
+        self.frozen = False
+        self.data = {}
+
+    def configure(self, resolution: int, precision: str, checkpointing: str, frozen: bool, chunk: int, **extra):
+        from data_prep.synthetic import generate_dataset
+        from trainables.config import TrialConfig
+        from trainables.model import configure_activation_checkpointing, freeze_text_encoder
+        from trainables.precision import configure_precision
+        from trainables.prompt_cache import enable_prompt_cache
+        from trainables.resolution import set_resolution
+
+        if resolution not in self.data:
+            self.data[resolution] = generate_dataset(self.tmp / f"d{resolution}", n_train=4, n_val=1,
+                                                     size=resolution, seed=0)
+        data = self.data[resolution]
+        cfg = TrialConfig(train_json=str(data.train_json), val_json=str(data.val_json),
+                          images_dir=str(data.images_dir), preset=self.preset, resolution=resolution,
+                          precision=precision, activation_checkpointing=checkpointing, freeze_text_encoder=frozen,
+                          category_chunk_size=chunk, grad_clip=0.1, warmup_steps=0, **extra)
+        set_resolution(self.model, resolution)
+        configure_activation_checkpointing(self.model, checkpointing, precision)
+        if frozen and not self.frozen:
+            freeze_text_encoder(self.model)
+            enable_prompt_cache(self.model)
+            self.frozen = True
+        configure_precision(precision)
+        return cfg
+
+    def batch(self, cfg):
+        from trainables.data import build_loader
+
+        return next(iter(build_loader(cfg, "train")))
+
+
+def label(resolution: int, precision: str, checkpointing: str, frozen: bool, chunk: int) -> str:
+    return (f"{resolution} {precision}, {checkpointing} ckpt{', text frozen+cached' if frozen else ''}"
+            f"{f', chunk {chunk}' if chunk != 14 else ''}")
+
+
+def part_steps(bench: Bench, steps: int, only: str | None) -> tuple[list[str], dict]:
+    from trainables.loss import build_loss
     from trainables.optim import build_optimizer, build_scheduler
     from trainables.trial import train_step
 
-    optimizer = build_optimizer(model, cfg)
+    rows, measured = [], {}
+    for config in STEP_CONFIGS:
+        index, precision, checkpointing, frozen, chunk = config
+        resolution = bench.resolutions[index]
+        name = label(resolution, *config[1:])
+        if only and not any(part in name for part in only.split(";")):
+            continue
+        cfg = bench.configure(resolution, precision, checkpointing, frozen, chunk)
+        batch = bench.batch(cfg)
+        loss_fn = build_loss(cfg, distributed=False)
+        optimizers = {kind: build_optimizer(bench.model, cfg) for kind in ("trainable", "bare")}
+        scheduler = build_scheduler(optimizers["trainable"], cfg)
+        results = time_interleaved({
+            "trainable": lambda: train_step(bench.model, [batch], loss_fn, optimizers["trainable"], scheduler, cfg)[0],
+            "bare": lambda: bare_step(bench.model, batch, loss_fn, optimizers["bare"], cfg),
+        }, bench.device, steps)
+        del optimizers, scheduler
+        bench.model.zero_grad(set_to_none=True)
+        cells = []
+        for kind in ("trainable", "bare"):
+            result = results[kind]
+            if isinstance(result, Exception):
+                cells.append(f"fails: {type(result).__name__}: {' '.join(str(result).split())[:160]}")
+            else:
+                measured[(*config, kind)] = result[0]
+                cells.append(f"{result[0]:.3f} s, {result[1]:.1f} GiB")
+        trainable, bare = measured.get((*config, "trainable")), measured.get((*config, "bare"))
+        ratio = f"{bare / trainable:.2f}" if trainable and bare else ""
+        ref = REFERENCE.get((resolution, precision, checkpointing, frozen)) if bench.preset == "full" else None
+        rows.append(f"| {name} | {cells[0]} | {cells[1]} | {ratio} | {ref or ''} |")
+        print(rows[-1], flush=True)
+    header = ["| configuration | trainable step (median), peak | bare sam3 loop, same run (alternating) | "
+              "bare / trainable | reference bare loop, H200 (s) |", "|---|---|---|---|---|"]
+    return header + rows, measured
+
+
+def part_numerics(bench: Bench) -> list[str]:
+    """Loss and gradient relative error of tf32 and bf16 against fp32: same weights, batch, no dropout."""
+    from trainables.data import collate
+    from trainables.loss import build_loss, training_step_loss
+    from trainables.precision import autocast_context
+
+    saved = {}
+    for module in bench.model.modules():  # dropout off, restored afterwards
+        if isinstance(module, torch.nn.Dropout) or hasattr(module, "drop_prob"):
+            saved[module] = (getattr(module, "p", None), getattr(module, "drop_prob", None))
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+            else:
+                module.drop_prob = 0.0
+    results, batch = {}, None
+    try:
+        for precision in ("fp32", "tf32", "bf16"):
+            cfg = bench.configure(bench.resolutions[0], precision, "minimal", bench.frozen, 14)
+            batch = batch or bench.batch(cfg)  # one batch: the train loader's augmentation is random
+            bench.model.zero_grad(set_to_none=True)
+            torch.manual_seed(0)  # the same random draws in every run (e.g. sam3's mask-loss point sampling)
+            with autocast_context(precision):
+                loss, _ = training_step_loss(bench.model, collate(batch), build_loss(cfg, distributed=False))
+            loss.backward()
+            grads = torch.cat([p.grad.float().flatten() for p in bench.model.parameters() if p.grad is not None])
+            results[precision] = (loss.item(), grads.cpu())
+            bench.model.zero_grad(set_to_none=True)
+    finally:
+        for module, (p, drop_prob) in saved.items():
+            if p is not None:
+                module.p = p
+            if drop_prob is not None:
+                module.drop_prob = drop_prob
+    ref_loss, ref_grads = results["fp32"]
+    rows = ["| precision | loss | loss rel. error vs fp32 | gradient rel. error (L2) | gradient cosine |",
+            "|---|---|---|---|---|"]
+    for precision, (loss, grads) in results.items():
+        rel = abs(loss - ref_loss) / abs(ref_loss)
+        grad_rel = float((grads - ref_grads).norm() / ref_grads.norm())
+        cosine = float(torch.nn.functional.cosine_similarity(grads, ref_grads, dim=0))
+        rows.append(f"| {precision} | {loss:.4f} | {rel:.2e} | {grad_rel:.2e} | {cosine:.5f} |")
+        print(rows[-1], flush=True)
+    return rows
+
+
+def part_profile(bench: Bench, steps: int = 3) -> list[str]:
+    from torch.profiler import ProfilerActivity, profile
+
+    from trainables.loss import build_loss
+    from trainables.optim import build_optimizer, build_scheduler
+    from trainables.trial import train_step
+
+    index, precision, checkpointing, frozen, chunk = FASTEST
+    cfg = bench.configure(bench.resolutions[index], precision, checkpointing, frozen, chunk)
+    batch = bench.batch(cfg)
+    loss_fn = build_loss(cfg, distributed=False)
+    optimizer = build_optimizer(bench.model, cfg)
     scheduler = build_scheduler(optimizer, cfg)
-    torch.cuda.reset_peak_memory_stats()
-    times = []
-    for index in range(steps + 2):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        loss, _ = train_step(model, [batch], loss_fn, optimizer, scheduler, cfg)
-        torch.cuda.synchronize()
-        if index >= 2:
-            times.append(time.perf_counter() - start)
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"non-finite loss {loss}")
+    train_step(bench.model, [batch], loss_fn, optimizer, scheduler, cfg)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if bench.device.type == "cuda" else [])
+    sync(bench.device)
+    start = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            train_step(bench.model, [batch], loss_fn, optimizer, scheduler, cfg)
+        sync(bench.device)
+    wall = (time.perf_counter() - start) / steps
+    events = prof.key_averages()
+    device_key = "self_device_time_total" if bench.device.type == "cuda" else "self_cpu_time_total"
+    device_total = sum(getattr(e, device_key, 0) for e in events) / steps / 1e6
+    lines = [f"{label(bench.resolutions[index], *FASTEST[1:])}: {wall:.3f} s/step "
+             f"under the profiler; GPU kernel time {device_total:.3f} s/step "
+             f"({device_total / wall:.0%} of the step)" if bench.device.type == "cuda" else f"{wall:.3f} s/step"]
+    syncs = {e.key: e.count // steps for e in events
+             if e.key in ("cudaStreamSynchronize", "cudaDeviceSynchronize", "aten::_local_scalar_dense",
+                          "aten::item", "cudaMemcpyAsync")}
+    lines.append(f"host syncs per step: {syncs}")
+    lines.append("top operators by self CPU time:")
+    lines.append(events.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=60))
+    if bench.device.type == "cuda":
+        lines.append("top operators by self GPU time:")
+        lines.append(events.table(sort_by="self_device_time_total", row_limit=12, max_name_column_width=60))
     del optimizer
-    return statistics.median(times), torch.cuda.max_memory_allocated() / 2**30
+    print("\n".join(lines), flush=True)
+    return lines
+
+
+# --- 2 processes x Gloo on one device ----------------------------------------------------------------------
+
+DDP_CONFIGS = [  # (name, frozen + cached text, gradient compression)
+    ("fp32 all-reduce, text trained", False, "none"),
+    ("fp32 all-reduce, text frozen+cached", True, "none"),
+    ("bf16 compression, text frozen+cached", True, "bf16"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, port: int, preset: str, resolution: int, device_type: str, steps: int, tmp: str,
+                out: str) -> None:
+    os.environ["TORCHDYNAMO_DISABLE"] = "1"
+    torch.set_num_threads(2)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        from trainables.comm import CommMeter, register_grad_compression
+        from trainables.distributed import wrap_ddp
+        from trainables.loss import build_loss
+        from trainables.optim import build_optimizer, build_scheduler
+        from trainables.trial import train_step
+
+        device = torch.device(device_type)
+        bench = Bench(preset, (resolution, resolution), device, Path(tmp) / f"rank{rank}")
+        rows = []
+        for name, frozen, compression in DDP_CONFIGS:
+            cfg = bench.configure(resolution, "fp32", "sam3", frozen, 14, grad_compression=compression)
+            batch = bench.batch(cfg)
+            ddp = wrap_ddp(bench.model, device_ids=[0] if device.type == "cuda" else None)
+            meter = CommMeter()
+            register_grad_compression(ddp, compression, meter=meter)
+            optimizer = build_optimizer(bench.model, cfg)
+            scheduler = build_scheduler(optimizer, cfg)
+            loss_fn = build_loss(cfg, distributed=True)
+            times = {"synced": [], "no_sync": []}
+            for index in range(steps + 1):
+                for mode in times:  # alternate: both see the same load from the other rank
+                    dist.barrier()
+                    sync(device)
+                    start = time.perf_counter()
+                    with ddp.no_sync() if mode == "no_sync" else contextlib.nullcontext():
+                        train_step(ddp, [batch], loss_fn, optimizer, scheduler, cfg)
+                    sync(device)
+                    elapsed = torch.tensor([time.perf_counter() - start])
+                    dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
+                    if index:
+                        times[mode].append(float(elapsed))
+            trainable = sum(p.numel() for p in bench.model.parameters() if p.requires_grad)
+            rows.append(dict(name=name, trainable=trainable, synced=statistics.median(times["synced"]),
+                             no_sync=statistics.median(times["no_sync"])))
+            del ddp, optimizer, scheduler
+            bench.model.zero_grad(set_to_none=True)
+        if rank == 0:
+            torch.save(rows, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def part_ddp(preset: str, resolution: int, device: torch.device, steps: int, single: dict, tmp: Path) -> list[str]:
+    out = str(tmp / "ddp.pt")
+    mp.spawn(_ddp_worker, args=(_free_port(), preset, resolution, device.type, steps, str(tmp), out), nprocs=2,
+             join=True)
+    rows = torch.load(out, weights_only=True)
+    compute = {False: single.get((0, "fp32", "sam3", False, 14, "trainable")),
+               True: single.get((0, "fp32", "sam3", True, 14, "trainable"))}
+    lines = [f"2 ranks x Gloo on one {device.type} device, {resolution} px fp32, sam3 checkpointing, median of "
+             f"{steps} steps after 1; exposed all-reduce = DDP step - the same step under no_sync (both ranks "
+             f"share the device, so their compute is slower than one process's)",
+             "| configuration | trainable params | DDP step | no_sync step | exposed all-reduce | single-process "
+             "compute step | all-reduce / compute, accum 1 | accum 4 |", "|---|---|---|---|---|---|---|---|"]
+    for row, (_, frozen, _) in zip(rows, DDP_CONFIGS):
+        exposed = row["synced"] - row["no_sync"]
+        base = compute[frozen]
+        share1 = f"{exposed / base:.0%}" if base else ""
+        share4 = f"{exposed / (4 * base):.0%} (derived)" if base else ""
+        lines.append(f"| {row['name']} | {row['trainable'] / 1e6:.1f} M | {row['synced']:.3f} s | "
+                     f"{row['no_sync']:.3f} s | {exposed:.3f} s | {base or float('nan'):.3f} s | {share1} | {share4} |")
+    print("\n".join(lines), flush=True)
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--parts", default="steps,numerics,profile,ddp")
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=None, help="also write the table here")
+    parser.add_argument("--ddp-steps", type=int, default=3)
+    parser.add_argument("--only", default=None, help="steps part: only configurations whose label contains one "
+                                                      "of these ';'-separated strings")
+    parser.add_argument("--preset", choices=("full", "tiny"), default="full",
+                        help="tiny: a CPU dry run of this script at 224/336 px")
+    parser.add_argument("--out", type=Path, default=None, help="also write the tables here")
     args = parser.parse_args(argv)
-    import torch
-
-    if not torch.cuda.is_available():
-        print("skipped: CUDA is not available on this machine")
+    parts = set(args.parts.split(","))
+    if args.preset == "full" and not torch.cuda.is_available():
+        print("skipped: CUDA is not available on this machine (use --preset tiny for a CPU dry run)")
         return 0
-    from data_prep.synthetic import generate_dataset
-    from trainables.config import TrialConfig
-    from trainables.data import build_loader
-    from trainables.distributed import prepare_for_ddp
-    from trainables.loss import build_loss
-    from trainables.model import build_model, freeze_text_encoder
-    from trainables.precision import configure_precision
-    from trainables.prompt_cache import enable_prompt_cache
-    from trainables.resolution import set_resolution
-
-    device = torch.device("cuda")
-    start = time.perf_counter()
-    model = prepare_for_ddp(build_model("full", seed=0)).to(device)
-    print(f"full preset built and moved in {time.perf_counter() - start:.1f} s", flush=True)
-    rows = []
-    runs = [(672, "fp32", False), (672, "tf32", False), (672, "bf16", False), (672, "tf32", True),
-            (1008, "tf32", True), (1008, "fp32", True)]
+    device = torch.device("cuda" if args.preset == "full" else "cpu")
+    resolutions = (672, 1008) if args.preset == "full" else (224, 336)
+    name = torch.cuda.get_device_name(0) if device.type == "cuda" else "CPU"
+    sections = [f"{name}, torch {torch.__version__}, {args.preset} preset, {time.strftime('%Y-%m-%d')}"]
+    print(sections[0], flush=True)
+    measured: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for resolution, precision, frozen in runs:
-            data = generate_dataset(Path(tmp) / f"d{resolution}", n_train=2, n_val=1, size=resolution, seed=0)
-            cfg = TrialConfig(train_json=str(data.train_json), val_json=str(data.val_json),
-                              images_dir=str(data.images_dir), preset="full", resolution=resolution,
-                              precision=precision, freeze_text_encoder=frozen, grad_clip=0.1, warmup_steps=0)
-            set_resolution(model, resolution)
-            if frozen:
-                freeze_text_encoder(model)
-                enable_prompt_cache(model)
-            configure_precision(precision)
-            batch = next(iter(build_loader(cfg, "train")))
-            loss_fn = build_loss(cfg, distributed=False)
-            label = f"{resolution} {precision}{' text frozen+cached' if frozen else ''}"
-            try:
-                seconds, peak = time_steps(model, batch, loss_fn, cfg, args.steps)
-                reference = REFERENCE.get((str(resolution), precision)) if not frozen else None
-                ratio = f"{reference / seconds:.2f}x" if reference else ""
-                rows.append(f"| {label} | {seconds:.3f} s | {peak:.1f} GiB | {reference or ''} | {ratio} |")
-            except Exception as err:  # noqa: BLE001 - a failing configuration is a result to report
-                rows.append(f"| {label} | failed: {type(err).__name__}: {str(err).splitlines()[0][:90]} | | | |")
+        bench = Bench(args.preset, resolutions, device, Path(tmp))
+        if "steps" in parts:
+            rows, measured = part_steps(bench, args.steps, args.only)
+            sections.append("\n".join(rows))
+        if "numerics" in parts:
+            sections.append("\n".join(part_numerics(bench)))
+        if "profile" in parts:
+            sections.append("\n".join(part_profile(bench)))
+        del bench
+        if device.type == "cuda":
             torch.cuda.empty_cache()
-            print(rows[-1], flush=True)
-    table = "\n".join([f"GPU: {torch.cuda.get_device_name(0)}, torch {torch.__version__}",
-                       "| resolution / precision | s/step (median) | peak memory | bare sam3 loop, H200 (s) | speed vs bare |",
-                       "|---|---|---|---|---|", *rows])
-    print(table)
+        if "ddp" in parts:
+            sections.append("\n".join(part_ddp(args.preset, resolutions[0], device, args.ddp_steps, measured,
+                                               Path(tmp))))
     if args.out:
-        args.out.write_text(table + "\n")
+        args.out.write_text("\n\n".join(sections) + "\n")
     return 0
 
 

@@ -19,7 +19,11 @@ def configure_precision(precision: str) -> None:
 
 
 def autocast_context(precision: str, device_type: str | None = None) -> contextlib.AbstractContextManager:
-    """bf16 autocast for "bf16" (on the GPU when there is one), a no-op context otherwise."""
+    """bf16 autocast for "bf16" (on the GPU when there is one), a no-op context otherwise.
+
+    sam3's text encoder must then run without activation checkpointing
+    (:func:`trainables.model.configure_activation_checkpointing` sees to it for a trial).
+    """
     if precision != "bf16":
         return contextlib.nullcontext()
     device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -36,7 +36,7 @@ from trainables.distributed import prepare_for_ddp, wrap_ddp
 from trainables.evaluate import validate
 from trainables.loss import build_loss, training_step_loss
 from trainables.metrics import CassEvaluator
-from trainables.model import build_model, freeze_text_encoder
+from trainables.model import build_model, configure_activation_checkpointing, freeze_text_encoder
 from trainables.checkpoint import load_native
 from trainables.optim import build_optimizer, build_scheduler
 from trainables.precision import autocast_context, configure_precision
@@ -171,6 +171,7 @@ def run_trial(cfg: TrialConfig, *, rank: int = 0, world_size: int = 1, device: t
         load_native(model, Path(cfg.checkpoint))
     model = prepare_for_ddp(model).to(device)
     set_resolution(model, cfg.resolution)  # after .to(): sam3 keeps the boxRPB cache in a plain attribute
+    configure_activation_checkpointing(model, cfg.activation_checkpointing, cfg.precision)
     if cfg.freeze_text_encoder:
         freeze_text_encoder(model)
         enable_prompt_cache(model)  # the 14 prompt embeddings, computed once (frozen, dropout-free encoder)
