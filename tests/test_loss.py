@@ -80,11 +80,19 @@ def test_sam3s_fine_tuning_settings_are_kept():
     loss_fn = build_loss(TrialConfig(), distributed=False)
     ce = next(f for f in loss_fn.loss_fns_find if isinstance(f, IABCEMdetr))
     assert (ce.pos_weight, ce.use_presence, ce.weak_loss) == (10.0, True, False)
+    assert ce.pad_n_queries == 16  # the tiny preset's queries: sam3 pads to its own decoder's 200
     assert isinstance(loss_fn.o2m_matcher, BinaryOneToManyMatcher)
     assert (loss_fn.o2m_matcher.alpha, loss_fn.o2m_matcher.threshold, loss_fn.o2m_matcher.topk) == (0.3, 0.4, 4)
     assert loss_fn.o2m_weight == 2.0 and loss_fn.scale_by_find_batch_size
     masks = next(f for f in loss_fn.loss_fns_find if isinstance(f, Masks))
     assert not masks.compute_aux and masks.num_sample_points is None
+
+
+def test_the_tiny_presets_classification_loss_is_a_mean_over_its_own_queries():
+    from trainables.loss import PAD_N_QUERIES
+
+    assert PAD_N_QUERIES["tiny"] == build_model("tiny", seed=0).transformer.decoder.num_queries
+    assert PAD_N_QUERIES["full"] == 200  # sam3's fine-tuning config, for its decoder's 200 queries
 
 
 @pytest.mark.parametrize("distributed, normalization", [(True, "global"), (False, "local")])

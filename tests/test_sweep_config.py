@@ -78,6 +78,10 @@ def test_a_uri_storage_needs_an_explicit_journal():
     ({"ray": {"dashboard_host": "0.0.0.0"}}, "ray.dashboard_host: '0.0.0.0'"),
     ({"trial": {"resolution": 1000}}, "resolution: 1000 must be a positive multiple"),
     ({"trial": {"max_stepz": 200}}, "unknown trial setting(s) ['max_stepz']"),
+    ({"trial": {"batch_size": 2.5}}, "batch_size: 2.5 is a float, expected int"),
+    ({"trial": {"hflip": "yes"}}, "hflip: 'yes' is a str, expected bool"),
+    ({"trial": {"lr_vision": "fast"}}, "lr_vision: 'fast' is a str, expected float"),
+    ({"trial": {"checkpoint": 3}}, "checkpoint: 3 is a int, expected str or null"),
     ({"dataset": {"dir": "d"}, "trial": {"train_json": "t.json"}},
      "trial: ['train_json'] come from dataset.dir"),
     ({"dataset": {"synthetic": {"train": 2}}}, "dataset.dir: required"),
@@ -85,6 +89,13 @@ def test_a_uri_storage_needs_an_explicit_journal():
 ])
 def test_each_bad_setting_is_refused_by_its_dotted_key(change, message):
     assert message in refused(with_(**change))
+
+
+def test_a_yaml_1_1_exponent_without_a_dot_is_still_a_float():
+    """PyYAML reads ``2e-3`` as a string (YAML 1.1 wants ``2.0e-3``); a float setting accepts it as 0.002."""
+    raw = yaml.safe_load("trial: {lr_transformer: 2e-3}")
+    assert raw["trial"]["lr_transformer"] == "2e-3"
+    assert parse_sweep_config(with_(**raw), source="x").trial.lr_transformer == 0.002
 
 
 def test_missing_required_keys_and_all_problems_are_listed_together():

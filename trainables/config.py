@@ -7,6 +7,8 @@ sample overrides some fields -> ``train_loop_per_worker`` reads it. Nothing read
 from __future__ import annotations
 
 import dataclasses
+import numbers
+import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -77,6 +79,8 @@ class TrialConfig:
         unknown = sorted(set(values) - set(known))
         if unknown:
             raise InputError(f"{source}: unknown trial setting(s) {unknown}; valid keys: {sorted(known)}")
+        hints = typing.get_type_hints(cls)
+        values = {key: _plain_number(value, hints[key]) for key, value in values.items()}
         cfg = cls(**values)
         cfg.validate(source=source)
         return cfg
@@ -89,8 +93,11 @@ class TrialConfig:
         return dataclasses.asdict(self)
 
     def validate(self, *, source: str = "config") -> None:
-        """Check ranges and choices; list every problem at once."""
-        p: list[str] = []
+        """Check types, then ranges and choices; list every problem at once."""
+        p = [f"{name}: {getattr(self, name)!r} is a {type(getattr(self, name)).__name__}, expected {_type_name(hint)}"
+             for name, hint in typing.get_type_hints(type(self)).items() if not _has_type(getattr(self, name), hint)]
+        if p:
+            raise InputError(f"{source}: invalid trial settings", p)
         if not isinstance(self.resolution, int) or self.resolution <= 0 or self.resolution % PATCH_SIZE:
             p.append(f"resolution: {self.resolution!r} must be a positive multiple of the patch size {PATCH_SIZE}")
         for name in ("lr_transformer", "lr_vision", "lr_language"):
@@ -113,3 +120,44 @@ class TrialConfig:
             p.append(f"score_threshold: {self.score_threshold!r} must lie in [0, 1]")
         if p:
             raise InputError(f"{source}: invalid trial settings", p)
+
+
+def _plain_number(value: Any, hint: Any) -> Any:
+    """A number for an ``int``/``float`` field as a plain Python number: numpy scalars (a search sample) become
+    ``int``/``float``, and numeric strings become floats, since YAML 1.1 (PyYAML) reads ``2e-3`` as a string."""
+    if isinstance(hint, types.UnionType):  # X | None
+        hint = next(option for option in typing.get_args(hint) if option is not type(None))
+    if isinstance(value, bool):
+        return value
+    if hint is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    if hint is float and isinstance(value, numbers.Real):
+        return float(value)
+    if hint is int and isinstance(value, numbers.Integral):
+        return int(value)
+    return value
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    """Whether ``value`` fits a field annotation (``int``/``float``/``bool``/``str``, ``X | None``, Literal)."""
+    if typing.get_origin(hint) is Literal:
+        return True  # checked against its choices
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    for option in options:
+        if option is type(None) and value is None:
+            return True
+        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if option in (bool, str) and isinstance(value, option):
+            return True
+    return False
+
+
+def _type_name(hint: Any) -> str:
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    return " or ".join("null" if o is type(None) else o.__name__ for o in options)

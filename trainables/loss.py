@@ -10,7 +10,8 @@ and matcher settings of ``roboflow_seg_example.yaml`` agree):
   the one-to-one matcher on one-to-many auxiliary outputs, ``scale_by_find_batch_size=True`` (the core
   loss is multiplied by sqrt(find-query rows)).
 * ``Boxes`` (``loss_bbox``, ``loss_giou``), ``IABCEMdetr`` (``loss_ce`` and ``presence_loss``; pos_weight 10,
-  alpha 0.25, gamma 2, presence token on, ``weak_loss=False``, ``pad_n_queries=200``), ``Masks`` (focal
+  alpha 0.25, gamma 2, presence token on, ``weak_loss=False``, ``pad_n_queries`` = the decoder's query
+  count: 200 as sam3, 16 for the tiny preset), ``Masks`` (focal
   ``loss_mask`` alpha 0.25 gamma 2 and ``loss_dice``, final layer only). Weights come from the trial config.
 * Normalisation ``"global"`` under DDP (the instance count is all-reduced: every rank divides by the
   world's mean count) and ``"local"`` in one process (``"global"`` calls ``all_reduce`` unconditionally).
@@ -48,7 +49,9 @@ from trainables.data import PromptChunk
 
 O2M_WEIGHT = 2.0
 POS_WEIGHT = 10.0
-PAD_N_QUERIES = 200  # sam3 scales the classification loss as if the decoder had 200 queries
+# sam3 divides the query classification loss by pad_n_queries x rows, set to its decoder's 200 queries (a
+# mean over queries); the tiny preset has 16, and dividing its loss by 200 would shrink loss_ce 12.5-fold
+PAD_N_QUERIES = {"full": 200, "tiny": 16}
 # Stable reporting keys: the six weighted terms of the final decoder layer (one-to-one queries), sam3's two
 # accuracy figures, and the total that is back-propagated.
 COMPONENT_KEYS = ("core_loss", "loss_ce", "presence_loss", "loss_bbox", "loss_giou", "loss_mask", "loss_dice",
@@ -119,7 +122,7 @@ def build_loss(cfg: TrialConfig, *, distributed: bool) -> ChunkAwareLossWrapper:
                 weak_loss=False,
                 use_presence=True,
                 pos_focal=False,
-                pad_n_queries=PAD_N_QUERIES,
+                pad_n_queries=PAD_N_QUERIES[cfg.preset],
                 pad_scale_pos=1.0,
             ),
             Masks(weight_dict={"loss_mask": cfg.loss_mask, "loss_dice": cfg.loss_dice},
