@@ -18,7 +18,7 @@ angiograms (one image x 14 CASS prompts per step), measures four things in one r
 The reference bare-loop figures (``shared/reference/gpu_step_costs.md``, H200) are printed beside.
 ``--preset tiny`` runs everything on the CPU at 224/336 px as a dry run of the script.
 
-    python bench/gpu_step.py [--parts steps,numerics,profile,ddp] [--steps 5] [--out FILE]
+    python bench/gpu_step.py [--parts steps,numerics,profile,ddp] [--steps 5] [--only "672 bf16;1008"] [--out FILE]
 """
 
 from __future__ import annotations
