@@ -33,6 +33,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from unittest import mock
 
 import optuna
 import psutil
@@ -110,11 +111,8 @@ def killing_train_loop(config: dict) -> None:
             log_event(fault["log"], event="kill", rank=rank)
             os.kill(os.getpid(), signal.SIGKILL)
 
-    real.report_to_ray = report_then_die_once
-    try:
+    with mock.patch.object(real, "report_to_ray", report_then_die_once):
         real.train_loop_per_worker(config)
-    finally:
-        real.report_to_ray = report_to_ray
 
 
 def nan_injecting_train_loop(config: dict) -> None:
@@ -133,11 +131,8 @@ def nan_injecting_train_loop(config: dict) -> None:
         loss, parts = loss_or_nan(model, chunk, loss_fn)
         return (loss * float("nan"), parts) if next(calls) >= NAN_FROM_STEP else (loss, parts)
 
-    trial_module.loss_or_nan = loss_turning_nan
-    try:
+    with mock.patch.object(trial_module, "loss_or_nan", loss_turning_nan):
         real.train_loop_per_worker(config)
-    finally:
-        trial_module.loss_or_nan = loss_or_nan
 
 
 def node_logging_loop(config: dict) -> None:
