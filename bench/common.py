@@ -1,10 +1,12 @@
-"""What every benchmark shares: a description of the machine and appending results to BENCHMARKS.md."""
+"""What every benchmark shares: a description of the machine, appending results to BENCHMARKS.md, and a free
+local port for a process group (``sweeps.ray_compat.free_port`` imports Ray, which the GPU machine lacks)."""
 
 from __future__ import annotations
 
 import datetime
 import os
 import platform
+import socket
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
@@ -39,3 +41,10 @@ def append_benchmark(title: str, command: str, table: str) -> None:
     section = f"\n### {title}\n\n- date: {stamp}\n- machine: {machine_description()}\n- command: `{command}`\n\n{table}\n"
     with BENCHMARKS.open("a") as handle:
         handle.write(section)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for ``init_process_group``'s ``tcp://`` rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

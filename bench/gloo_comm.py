@@ -25,15 +25,19 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import socket
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+import torch.multiprocessing as mp  # noqa: E402
+
+from bench.common import free_port  # noqa: E402
 
 WORLD = 2
 BUCKET_BYTES = 25 * 2**20  # DDP's default bucket_cap_mb (fp32 gradients: 6,553,600 elements per bucket)
@@ -42,11 +46,6 @@ FULL_PARAMS_FROZEN_TEXT = 486_800_000  # the same without the language backbone 
 REFERENCE = {"fp32 full": (1.59, 2.1), "bf16 full": (0.94, 1.8), "fp32 no text": (0.87, 2.2),
              "bf16 no text": (0.53, 1.8)}  # H200 host, Gloo, 2 processes: seconds per step, GB/s
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _init(rank: int, port: int) -> None:
@@ -260,7 +259,7 @@ def main() -> None:
     sections = [f"Machine: {machine}"]
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "buffers.pt")
-        mp.spawn(_buffer_worker, args=(_free_port(), cases, args.reps, out), nprocs=WORLD, join=True)
+        mp.spawn(_buffer_worker, args=(free_port(), cases, args.reps, out), nprocs=WORLD, join=True)
         buffers = torch.load(out, weights_only=True)
         sections.append(f"### All-reduce of gradient buffers (25 MiB buckets; full-model buffers at scale "
                         f"{args.scale:g}, median of {args.reps})\n\n" + buffer_table(buffers))
@@ -272,7 +271,7 @@ def main() -> None:
             paths = dict(train_json=str(data.train_json), val_json=str(data.val_json),
                          images_dir=str(data.images_dir))
             out = str(Path(tmp) / "steps.pt")
-            mp.spawn(_step_worker, args=(_free_port(), paths, args.steps, args.warmup, out), nprocs=WORLD,
+            mp.spawn(_step_worker, args=(free_port(), paths, args.steps, args.warmup, out), nprocs=WORLD,
                      join=True)
             steps = torch.load(out, weights_only=True)
             sections.append(f"### Tiny preset training step, 224 px, 2 Gloo ranks (median of {args.steps} steps "

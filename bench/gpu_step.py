@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -39,6 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
+
+from bench.common import free_port  # noqa: E402
 
 # bare sam3 loop on an H200 (gpu_step_costs.md): seconds per step
 REFERENCE = {(672, "fp32", "sam3", False): 1.12, (672, "tf32", "sam3", False): 0.62,
@@ -315,11 +316,6 @@ DDP_CONFIGS = [  # (name, frozen + cached text, gradient compression)
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _ddp_worker(rank: int, port: int, preset: str, resolution: int, device_type: str, steps: int, tmp: str,
                 out: str) -> None:
@@ -371,7 +367,7 @@ def _ddp_worker(rank: int, port: int, preset: str, resolution: int, device_type:
 
 def part_ddp(preset: str, resolution: int, device: torch.device, steps: int, single: dict, tmp: Path) -> list[str]:
     out = str(tmp / "ddp.pt")
-    mp.spawn(_ddp_worker, args=(_free_port(), preset, resolution, device.type, steps, str(tmp), out), nprocs=2,
+    mp.spawn(_ddp_worker, args=(free_port(), preset, resolution, device.type, steps, str(tmp), out), nprocs=2,
              join=True)
     rows = torch.load(out, weights_only=True)
     compute = {False: single.get((0, "fp32", "sam3", False, 14, "trainable")),

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
@@ -29,6 +28,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from data_prep.errors import InputError
+from sweeps.ray_compat import free_port
 from trainables.checkpoint import safe_torch_load
 from trainables.config import TrialConfig
 from trainables.data import build_loader
@@ -193,11 +193,6 @@ def test_training_with_the_prompt_cache_is_bit_identical_to_training_without(syn
 
 # --- two Gloo ranks --------------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _comm_worker(rank: int, port: int, paths: dict[str, str], out_dir: str) -> None:
     """One rank: local / fp32-synced / bf16-synced gradients of one batch, hook counts, then bf16 training."""
@@ -266,7 +261,7 @@ def _comm_worker(rank: int, port: int, paths: dict[str, str], out_dir: str) -> N
 def test_bf16_compression_and_accumulation_under_two_gloo_ranks(synthetic_dataset, tmp_path):
     paths = dict(train_json=str(synthetic_dataset.train_json), val_json=str(synthetic_dataset.val_json),
                  images_dir=str(synthetic_dataset.images_dir))
-    mp.spawn(_comm_worker, args=(_free_port(), paths, str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_comm_worker, args=(free_port(), paths, str(tmp_path)), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     local = ranks[0]["gathered"]
     exact = (local[0] + local[1]) / WORLD
@@ -315,7 +310,7 @@ def test_a_two_rank_trial_trains_with_bf16_compression_accumulation_and_a_cached
         synthetic_dataset, tmp_path):
     cfg = config(synthetic_dataset, max_steps=2, val_every=1, grad_accum_steps=2, grad_compression="bf16",
                  freeze_text_encoder=True, category_chunk_size=7).to_dict()
-    mp.spawn(_trial_worker, args=(_free_port(), cfg, str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_trial_worker, args=(free_port(), cfg, str(tmp_path)), nprocs=WORLD, join=True)
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
     assert [r["step"] for r in reports[0]] == [1, 2]
     assert [r["epoch"] for r in reports[0]] == [0.5, 1.0]  # 4 images per rank, 2 per optimizer step

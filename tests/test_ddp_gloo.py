@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -11,14 +10,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from sweeps.ray_compat import free_port
+
 WORLD = 2
 STEPS = 3
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _flat_grads(model: torch.nn.Module) -> torch.Tensor:
@@ -71,7 +66,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 
 @pytest.mark.slow
 def test_two_gloo_ranks_average_gradients_and_stay_bit_identical(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     local = ranks[0]["local"]
     assert not torch.allclose(local[0], local[1]), "ranks saw the same data: the test could not fail"
