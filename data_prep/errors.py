@@ -45,3 +45,11 @@ def load_yaml(path: str | os.PathLike, what: str) -> Any:
         raise InputError(f"{path}: cannot read the {what} ({err.strerror})") from err
     except yaml.YAMLError as err:
         raise InputError(f"{path}: not valid YAML ({err})") from err
+
+
+def nearest_existing(path: str | os.PathLike) -> Path:
+    """``path`` if it exists, else its nearest existing ancestor: where creating ``path`` would start."""
+    existing = Path(path)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    return existing

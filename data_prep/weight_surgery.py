@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from data_prep.errors import InputError, run_cli
+from data_prep.errors import InputError, nearest_existing, run_cli
 
 SAM3_PREFIXES = ("sam3.", "detector.")
 EXTRA_SUFFIX = ".extra_heads.pt"
@@ -113,9 +113,7 @@ def surgery(src: Path, dst: Path, *, preset: str = "full", allow_missing: Sequen
 
 def check_output_folder(dst: Path) -> None:
     """Refuse an OUT whose folder cannot exist: the nearest existing ancestor must be a folder."""
-    existing = dst.parent
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = nearest_existing(dst.parent)
     if not existing.is_dir():
         raise InputError(f"OUT {dst}: {existing} is not a folder; choose an OUT inside a folder")
 

@@ -27,7 +27,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from data_prep.errors import InputError
+from data_prep.errors import InputError, nearest_existing
 from sweeps.config import SweepConfig, is_uri
 
 PROBE_BYTES = 1 << 20  # a write of this size must succeed where the sweep writes
@@ -54,9 +54,7 @@ def storage_problems(cfg: SweepConfig) -> list[str]:
 
 def write_probe(folder: Path) -> str | None:
     """Why ``folder`` (existing or to be created) cannot be written, or None. Leaves nothing behind."""
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = nearest_existing(folder)
     if not existing.is_dir():
         return f"{folder} cannot be created: {existing} is not a folder"
     try:
