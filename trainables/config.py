@@ -94,11 +94,12 @@ class TrialConfig:
 
     def validate(self, *, source: str = "config") -> None:
         """Check types, then ranges and choices; list every problem at once."""
+        hints = typing.get_type_hints(type(self))
         p = [f"{name}: {getattr(self, name)!r} is a {type(getattr(self, name)).__name__}, expected {_type_name(hint)}"
-             for name, hint in typing.get_type_hints(type(self)).items() if not _has_type(getattr(self, name), hint)]
+             for name, hint in hints.items() if not _has_type(getattr(self, name), hint)]
         if p:
             raise InputError(f"{source}: invalid trial settings", p)
-        if not isinstance(self.resolution, int) or self.resolution <= 0 or self.resolution % PATCH_SIZE:
+        if self.resolution <= 0 or self.resolution % PATCH_SIZE:
             p.append(f"resolution: {self.resolution!r} must be a positive multiple of the patch size {PATCH_SIZE}")
         for name in ("lr_transformer", "lr_vision", "lr_language"):
             if not float(getattr(self, name)) >= 0:
@@ -108,11 +109,11 @@ class TrialConfig:
                 p.append(f"{name}: {getattr(self, name)!r} must be >= 0")
         for name in ("max_steps", "batch_size", "val_every", "num_workers", "category_chunk_size",
                      "grad_accum_steps", "cpu_threads_per_worker"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+            if getattr(self, name) < 1:
                 p.append(f"{name}: {getattr(self, name)!r} must be an integer >= 1")
         if self.warmup_steps < 0:
             p.append(f"warmup_steps: {self.warmup_steps!r} must be >= 0")
-        for name, hint in typing.get_type_hints(type(self)).items():
+        for name, hint in hints.items():
             choices = typing.get_args(hint) if typing.get_origin(hint) is Literal else ()
             if choices and getattr(self, name) not in choices:
                 p.append(f"{name}: {getattr(self, name)!r} is not one of {', '.join(map(repr, choices))}")
