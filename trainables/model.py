@@ -178,20 +178,24 @@ def set_optional_activation_checkpointing(model: nn.Module, enabled: bool) -> No
     fusion encoder and decoder keep theirs: sam3 asserts it in training mode.
     """
     model.backbone.vision_backbone.trunk.use_act_checkpoint = enabled
-    for module in model.backbone.language_backbone.modules():
-        if hasattr(module, "grad_checkpointing"):
-            module.grad_checkpointing = enabled
+    _set_text_encoder_checkpointing(model, enabled)
     model.geometry_encoder.use_act_ckpt = enabled
     model.segmentation_head.act_ckpt = enabled
 
 
 def configure_activation_checkpointing(model: nn.Module, mode: str, precision: str) -> None:
     """A trial's activation checkpointing: ``mode`` "sam3" (everywhere sam3 builds it) or "minimal" (only the
-    fusion encoder and decoder, which sam3 requires); in bf16 never in the text encoder
-    (:func:`trainables.sam3_compat.text_encoder_without_checkpointing`)."""
+    fusion encoder and decoder, which sam3 requires); in bf16 never in the text encoder (the sixth workaround
+    of :mod:`trainables.sam3_compat`: sam3's checkpointed text blocks fail their recompute under autocast)."""
     set_optional_activation_checkpointing(model, mode == "sam3")
     if precision == "bf16":
-        sam3_compat.text_encoder_without_checkpointing(model)
+        _set_text_encoder_checkpointing(model, False)
+
+
+def _set_text_encoder_checkpointing(model: nn.Module, enabled: bool) -> None:
+    for module in model.backbone.language_backbone.modules():
+        if hasattr(module, "grad_checkpointing"):  # sam3's text Transformer
+            module.grad_checkpointing = enabled
 
 
 def freeze_text_encoder(model: nn.Module) -> int:

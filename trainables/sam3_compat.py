@@ -19,8 +19,8 @@ around and changes nothing on a machine where sam3's assumption holds:
 ``TextTransformer.positional_embedding`` and ``text_projection`` with ``torch.empty`` and never
 initialise them (a checkpoint normally fills them); random-init models must call it.
 
-:func:`text_encoder_without_checkpointing` is the sixth: under bf16 autocast, the recompute of
-``model/text_encoder_ve.py:139``'s checkpointed text blocks records differently shaped tensors than their
+The sixth is applied by :func:`trainables.model.configure_activation_checkpointing`: under bf16 autocast,
+the recompute of ``model/text_encoder_ve.py:139``'s checkpointed text blocks records differently shaped tensors than their
 forward (the attention mask (1, 1, 32, 32) against (14, 16, 32, 32); measured on an H200 with torch 2.11,
 the bare sam3 loop fails the same way), and ``torch.utils.checkpoint`` raises ``CheckpointError``. The text
 encoder's activations are small (14 prompts x 32 tokens), so it runs without checkpointing in bf16.
@@ -147,10 +147,3 @@ def init_empty_parameters(model: nn.Module) -> list[str]:
                 nn.init.normal_(module.text_projection, std=module.width**-0.5)
                 names.append(f"{prefix}.text_projection")
     return names
-
-
-def text_encoder_without_checkpointing(model: nn.Module) -> None:
-    """Switch off activation checkpointing in sam3's text encoder (the sixth workaround of this module)."""
-    for module in model.backbone.language_backbone.modules():
-        if hasattr(module, "grad_checkpointing"):
-            module.grad_checkpointing = False
