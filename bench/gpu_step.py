@@ -146,10 +146,8 @@ class Bench:
     def configure(self, resolution: int, precision: str, checkpointing: str, frozen: bool, chunk: int, **extra):
         from data_prep.synthetic import generate_dataset
         from trainables.config import TrialConfig
-        from trainables.model import configure_activation_checkpointing, freeze_text_encoder
         from trainables.precision import configure_precision
-        from trainables.prompt_cache import enable_prompt_cache
-        from trainables.resolution import set_resolution
+        from trainables.trial import configure_model
 
         if resolution not in self.data:
             self.data[resolution] = generate_dataset(self.tmp / f"d{resolution}", n_train=4, n_val=1,
@@ -159,12 +157,11 @@ class Bench:
                           images_dir=str(data.images_dir), preset=self.preset, resolution=resolution,
                           precision=precision, activation_checkpointing=checkpointing, freeze_text_encoder=frozen,
                           category_chunk_size=chunk, grad_clip=0.1, warmup_steps=0, **extra)
-        set_resolution(self.model, resolution)
-        configure_activation_checkpointing(self.model, checkpointing, precision)
-        if frozen and not self.frozen:
-            freeze_text_encoder(self.model)
-            enable_prompt_cache(self.model)
-            self.frozen = True
+        if self.frozen and not frozen:  # the trial never unfreezes, so neither does the bench
+            raise ValueError(f"{label(resolution, precision, checkpointing, frozen, chunk)}: list configurations "
+                             "with the text encoder trained before the frozen ones")
+        configure_model(self.model, cfg)
+        self.frozen = frozen
         configure_precision(precision)
         return cfg
 

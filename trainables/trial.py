@@ -154,6 +154,16 @@ def diverged_report(step: int) -> dict[str, Any]:
     return {"step": step, "diverged": True, "train_loss": float("nan"), "val_dice": 0.0, "val_ap75": 0.0}
 
 
+def configure_model(model: nn.Module, cfg: TrialConfig) -> None:
+    """Set the trial's resolution, activation checkpointing and text-encoder freezing (+ prompt cache) on a
+    loaded model already on its device, before DDP wraps it. Idempotent: a benchmark may call it per setting."""
+    set_resolution(model, cfg.resolution)  # after .to(): sam3 keeps the boxRPB cache in a plain attribute
+    configure_activation_checkpointing(model, cfg.activation_checkpointing, cfg.precision)
+    if cfg.freeze_text_encoder:
+        freeze_text_encoder(model)
+        enable_prompt_cache(model)  # the 14 prompt embeddings, computed once (frozen, dropout-free encoder)
+
+
 def run_trial(cfg: TrialConfig, *, rank: int = 0, world_size: int = 1, device: torch.device | None = None,
               resume_from: Path | None = None, report: Reporter) -> None:
     """Train one trial on this worker, reporting metrics (and a checkpoint) every ``val_every`` steps."""
@@ -170,11 +180,7 @@ def run_trial(cfg: TrialConfig, *, rank: int = 0, world_size: int = 1, device: t
     elif cfg.checkpoint:
         load_native(model, Path(cfg.checkpoint))
     model = prepare_for_ddp(model).to(device)
-    set_resolution(model, cfg.resolution)  # after .to(): sam3 keeps the boxRPB cache in a plain attribute
-    configure_activation_checkpointing(model, cfg.activation_checkpointing, cfg.precision)
-    if cfg.freeze_text_encoder:
-        freeze_text_encoder(model)
-        enable_prompt_cache(model)  # the 14 prompt embeddings, computed once (frozen, dropout-free encoder)
+    configure_model(model, cfg)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg)
     step, state = 0, None
