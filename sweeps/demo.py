@@ -11,6 +11,8 @@
 5. the HTML sweep report.
 
 Every step prints where its output is; a second run reuses finished steps (delete ``--out`` to start over).
+After ``sweeps/configs/local.yaml`` changed, the earlier run's data, sweep, export and report are moved to
+``--out``/previous-<time>/ and made afresh.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ if __package__ in (None, ""):  # run as a script path: make the repository root 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse  # noqa: E402
+import datetime  # noqa: E402
+import shutil  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 
 import yaml  # noqa: E402
@@ -30,6 +34,9 @@ from data_prep.errors import run_cli  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_CONFIG = REPO / "sweeps" / "configs" / "local.yaml"
+DATA_DIR, SURGERED, CONFIG_FILE = "data", "phase1_tiny_native.pt", "demo_sweep.yaml"
+#: what depends on local.yaml (the tiny Phase 1 checkpoint does not): redone when the config changes
+CONFIG_DERIVED = (DATA_DIR, "sweeps", "best", "report", CONFIG_FILE)
 
 
 def banner(text: str) -> None:
@@ -42,7 +49,7 @@ def make_dataset(out: Path, synthetic: dict) -> Path:
     from data_prep.synthetic import generate_dataset
     from data_prep.validate import validate_dataset
 
-    root = out / "data"
+    root = out / DATA_DIR
     if not DatasetPaths(root).val_json.exists():
         generate_dataset(root, n_train=synthetic["train"], n_val=synthetic["val"], size=synthetic["size"],
                          seed=synthetic["seed"])
@@ -57,7 +64,7 @@ def make_surgered_checkpoint(out: Path) -> Path:
     from data_prep.weight_surgery import surgery
     from trainables.model import build_model
 
-    phase1, surgered = out / "phase1_tiny.pt", out / "phase1_tiny_native.pt"
+    phase1, surgered = out / "phase1_tiny.pt", out / SURGERED
     if not surgered.exists():
         write_phase1_checkpoint(build_model("tiny", seed=0), phase1, resolution=448)
         print(surgery(phase1, surgered, preset="tiny"))
@@ -65,16 +72,29 @@ def make_surgered_checkpoint(out: Path) -> Path:
     return surgered
 
 
-def write_sweep_config(out: Path, dataset: Path, checkpoint: Path) -> Path:
-    """Step 3's config: local.yaml with this demo's data, weights and output folder."""
+def demo_sweep_config(out: Path) -> str:
+    """Step 3's config (YAML text): local.yaml with this demo's data, weights and output folder."""
     raw = yaml.safe_load(LOCAL_CONFIG.read_text())
     raw["storage_path"] = str(out / "sweeps")
     raw["search_space"] = str(REPO / raw["search_space"])
-    raw["dataset"]["dir"] = str(dataset)
-    raw["trial"]["checkpoint"] = str(checkpoint)
-    path = out / "demo_sweep.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
+    raw["dataset"]["dir"] = str(out / DATA_DIR)
+    raw["trial"]["checkpoint"] = str(out / SURGERED)
+    return yaml.safe_dump(raw, sort_keys=False)
+
+
+def set_aside_if_changed(out: Path, config_text: str) -> Path | None:
+    """Move what an earlier demo run made from a different config (data, sweep, export, report) to
+    ``out/previous-<UTC time>/`` so that this run starts them afresh; return that folder, or None."""
+    config = out / CONFIG_FILE
+    if not config.exists() or config.read_text() == config_text:
+        return None
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    previous = out / f"previous-{stamp}"
+    previous.mkdir()
+    for name in CONFIG_DERIVED:
+        if (out / name).exists():
+            shutil.move(out / name, previous / name)
+    return previous
 
 
 def run_demo_sweep(config: Path) -> Path:
@@ -121,13 +141,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     synthetic = yaml.safe_load(LOCAL_CONFIG.read_text())["dataset"]["synthetic"]
+    config_text = demo_sweep_config(out)
+    previous = set_aside_if_changed(out, config_text)
+    if previous is not None:
+        print(f"{LOCAL_CONFIG.relative_to(REPO)} changed since the last demo in {out}: its data, sweep, export "
+              f"and report were moved to {previous}; starting them afresh")
 
     banner("1/5 synthetic angiograms")
     dataset = make_dataset(out, synthetic)
     banner("2/5 Phase 1 checkpoint -> weight surgery")
-    checkpoint = make_surgered_checkpoint(out)
+    make_surgered_checkpoint(out)
     banner("3/5 sweep (Ray Tune + Optuna + ASHA)")
-    experiment = run_demo_sweep(write_sweep_config(out, dataset, checkpoint))
+    config = out / CONFIG_FILE
+    config.write_text(config_text)
+    experiment = run_demo_sweep(config)
     banner("4/5 export the best checkpoint")
     best = export_and_recheck(experiment, out)
     banner("5/5 report")
