@@ -230,11 +230,26 @@ def max_concurrent_trials(cfg: SweepConfig) -> int:
     return max(1, int(total.get("CPU", 0) // (t.num_workers * t.cpu_threads_per_worker)))
 
 
+def make_scheduler(cfg: SweepConfig):
+    """ASHA (max) on ``cfg.scheduler.metric`` with the reported step as its clock and ``max_steps`` as ``max_t``."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(time_attr=TIME_ATTR, metric=cfg.scheduler.metric, mode="max", max_t=cfg.trial.max_steps,
+                         grace_period=cfg.scheduler.grace_period, reduction_factor=cfg.scheduler.reduction_factor)
+
+
+def make_tune_config(cfg: SweepConfig, spec: SearchSpec):
+    """The sweep's ``tune.TuneConfig``: Optuna search, ASHA, ``num_samples`` and concurrency (Ray must be up)."""
+    from ray import tune
+
+    return tune.TuneConfig(search_alg=make_searcher(cfg, spec), scheduler=make_scheduler(cfg),
+                           num_samples=cfg.num_samples, max_concurrent_trials=max_concurrent_trials(cfg))
+
+
 def run_sweep(cfg: SweepConfig, spec: SearchSpec, *, resume: bool = False,
               train_loop: TrainLoop | None = None) -> SweepOutcome:
     """Run (or resume) the sweep on the already-initialised Ray; return its Pareto front and locations."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
     trainable = make_trial_function(cfg, train_loop or default_train_loop())
     if resume:
@@ -244,14 +259,7 @@ def run_sweep(cfg: SweepConfig, spec: SearchSpec, *, resume: bool = False,
         tuner = tune.Tuner(
             trainable,
             param_space=spec.params,
-            tune_config=tune.TuneConfig(
-                search_alg=make_searcher(cfg, spec),
-                scheduler=ASHAScheduler(time_attr=TIME_ATTR, metric=cfg.scheduler.metric, mode="max", max_t=cfg.trial.max_steps,
-                                        grace_period=cfg.scheduler.grace_period,
-                                        reduction_factor=cfg.scheduler.reduction_factor),
-                num_samples=cfg.num_samples,
-                max_concurrent_trials=max_concurrent_trials(cfg),
-            ),
+            tune_config=make_tune_config(cfg, spec),
             # Tune re-runs a trial whose own actor died (its node lost): the re-run's TorchTrainer has the same
             # name, so the Train run resumes from its last checkpoint (Train's FailureConfig covers its workers).
             run_config=tune.RunConfig(name=cfg.name, storage_path=cfg.storage_path, callbacks=callbacks,
