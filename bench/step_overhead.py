@@ -4,6 +4,8 @@ Same data, model, seed and loop (``trainables.trial.run_trial``); the Ray run ha
 (``TorchTrainer``, Gloo process group of 1) so the only difference is Ray's machinery around the loop.
 Each run reports ``seconds_per_step`` every ``--val-every`` steps; the first window (warm-up, lazy
 initialisation) is dropped and the median of the others is compared. Goal: ratio bare/Ray >= 0.97.
+Also measured, before the Ray run: the share of the machine's CPU that Ray's own processes use while idle
+(a loop using every core cannot run faster than 1 minus that share inside Ray).
 
     python bench/step_overhead.py                               # CPU, tiny preset, 224 px
     python bench/step_overhead.py --preset full --resolution 672 --gpu   # on a GPU machine
@@ -14,6 +16,7 @@ Prints a table and appends it to BENCHMARKS.md with the machine and the date.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -61,6 +64,7 @@ def run_in_ray(cfg, storage: str) -> list[dict]:
 
     ray_compat.init_ray(None, "127.0.0.1", ray_compat.worker_env_vars(0.5))
     try:
+        idle_share = daemons_cpu_share()
         trainer = TorchTrainer(
             train_loop_per_worker, train_loop_config={"trial": cfg.to_dict()},
             scaling_config=ScalingConfig(num_workers=1, use_gpu=cfg.use_gpu,
@@ -70,7 +74,31 @@ def run_in_ray(cfg, storage: str) -> list[dict]:
         history = trainer.fit().metrics_dataframe
     finally:
         ray.shutdown()
-    return history.to_dict("records")
+    return history.to_dict("records"), idle_share
+
+
+def daemons_cpu_share(seconds: float = 20.0) -> float:
+    """The share of this machine's CPU that the local Ray's own processes (GCS, raylet, dashboard, agents,
+    idle workers: the driver's descendants) use over ``seconds`` while nothing runs on it."""
+    import psutil
+
+    def cpu_seconds(processes) -> dict[int, float]:
+        out = {}
+        for process in processes:
+            try:
+                times = process.cpu_times()
+                out[process.pid] = times.user + times.system
+            except psutil.Error:
+                pass
+        return out
+
+    time.sleep(5)  # let start-up settle
+    processes = psutil.Process().children(recursive=True)
+    before, start = cpu_seconds(processes), time.perf_counter()
+    time.sleep(seconds)
+    after, elapsed = cpu_seconds(processes), time.perf_counter() - start
+    used = sum(after[pid] - before[pid] for pid in after if pid in before)
+    return used / (elapsed * (os.cpu_count() or 1))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         bare = steady_seconds(run_bare(cfg))
         bare_wall = time.perf_counter() - start
         start = time.perf_counter()
-        ray_run = steady_seconds(run_in_ray(cfg, str(Path(tmp) / "ray")))
+        ray_reports, idle_share = run_in_ray(cfg, str(Path(tmp) / "ray"))
+        ray_run = steady_seconds(ray_reports)
         ray_wall = time.perf_counter() - start
     ratio = bare / ray_run
     table = "\n".join([
@@ -105,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         f"| bare process | {bare:.3f} | {bare_wall:.1f} s |",
         f"| Ray Train worker (1 worker, {'NCCL' if args.gpu else 'Gloo'}) | {ray_run:.3f} | {ray_wall:.1f} s |",
         f"| ratio bare / Ray (goal >= 0.97) | {ratio:.3f} | |",
+        f"| Ray's own processes while idle (before the run) | {idle_share:.1%} of the machine's "
+        f"{os.cpu_count()} CPUs | |",
     ])
     print(table)
     append_benchmark(f"Step overhead: {args.preset} preset, {args.resolution} px, "
