@@ -6,7 +6,7 @@ angiograms (one image x 14 CASS prompts per step), measures four things in one r
 1. ``steps``: seconds per optimizer step (median of ``--steps`` after 2 warm-up steps) and peak memory of the
    trial's own ``train_step`` (sam3's native loss and matchers, prompt chunks, divergence vote, clipping,
    AdamW) and of a bare sam3 loop (forward, loss, backward, clip, AdamW: ``sam3/train/trainer.py``'s step)
-   on the same model and batch, for fp32 / tf32 / bf16, sam3's activation checkpointing or the minimal one,
+   on the same model and batch, for fp32 / tf32 / bf16, sam3's activation checkpointing, the minimal one or none,
    text encoder trained or frozen with cached prompt embeddings, at 672 and 1008 px.
 2. ``numerics``: loss and gradient relative error of tf32 and bf16 against fp32 (same weights and batch,
    dropout off).
@@ -54,7 +54,7 @@ STEP_CONFIGS = [
     (0, "fp32", "sam3", False, 14), (0, "tf32", "sam3", False, 14), (0, "bf16", "sam3", False, 14),
     (0, "bf16", "minimal", False, 14),
     (0, "fp32", "sam3", True, 14), (0, "tf32", "sam3", True, 14), (0, "bf16", "sam3", True, 14),
-    (0, "tf32", "minimal", True, 14), (0, "bf16", "minimal", True, 14),
+    (0, "tf32", "minimal", True, 14), (0, "bf16", "minimal", True, 14), (0, "bf16", "none", True, 14),
     (1, "bf16", "sam3", True, 14), (1, "bf16", "sam3", True, 7), (1, "tf32", "sam3", True, 7),
     (1, "bf16", "minimal", True, 14),
 ]

@@ -3,6 +3,8 @@ and bf16 autocast (issue 8: "a faster correct path")."""
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
 from test_loss import without_randomness
@@ -36,11 +38,21 @@ def optional_flags(model) -> dict[str, bool]:
         "text encoder": all(m.grad_checkpointing for m in model.backbone.language_backbone.modules()
                             if hasattr(m, "grad_checkpointing")),
         "geometry encoder": model.geometry_encoder.use_act_ckpt,
-        "segmentation head": model.segmentation_head.act_ckpt,
+        "segmentation head": model.use_act_checkpoint_seg_head,
+        "pixel decoder": model.segmentation_head.act_ckpt,
     }
 
 
-def test_minimal_checkpointing_switches_off_the_four_optional_places_and_keeps_the_required_two():
+def checkpointed_calls(model, batch) -> int:
+    """How many times torch.utils.checkpoint runs during one training forward + backward."""
+    import torch.utils.checkpoint as checkpoint
+
+    with mock.patch.object(checkpoint, "checkpoint", wraps=checkpoint.checkpoint) as spy:
+        loss_and_gradients(model, batch)
+    return spy.call_count
+
+
+def test_minimal_checkpointing_switches_off_the_five_optional_places_and_keeps_the_required_two():
     model = build_model("tiny", seed=0)
     assert all(optional_flags(model).values())  # as sam3's builder builds it
     set_optional_activation_checkpointing(model, False)
@@ -61,11 +73,29 @@ def test_minimal_checkpointing_gives_the_same_loss_and_gradients(batch):
         torch.testing.assert_close(grad, reference[name], rtol=1e-4, atol=1e-7, msg=name)
 
 
-def test_the_trial_config_chooses_sams_checkpointing_unless_told_minimal():
+def test_no_checkpointing_runs_the_required_two_unchecked_with_the_same_loss_and_gradients(batch):
+    model = without_randomness(build_model("tiny", seed=0))
+    reference_loss, reference = loss_and_gradients(model, batch)
+    configure_activation_checkpointing(model, "minimal", "fp32")
+    minimal_calls = checkpointed_calls(model, batch)
+    assert minimal_calls > 0  # the fusion encoder's and decoder's layers, as sam3 asserts
+    configure_activation_checkpointing(model, "none", "fp32")
+    assert checkpointed_calls(model, batch) == 0
+    loss, grads = loss_and_gradients(model, batch)
+    assert loss == pytest.approx(reference_loss, rel=1e-6)
+    assert grads.keys() == reference.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, reference[name], rtol=1e-4, atol=1e-7, msg=name)
+    configure_activation_checkpointing(model, "minimal", "fp32")  # undone: sam3's assertion path again
+    assert checkpointed_calls(model, batch) == minimal_calls
+
+
+def test_the_trial_config_chooses_sams_checkpointing_unless_told_otherwise():
     assert TrialConfig().activation_checkpointing == "sam3"
-    assert TrialConfig.from_dict({"activation_checkpointing": "minimal"}).activation_checkpointing == "minimal"
+    for mode in ("minimal", "none"):
+        assert TrialConfig.from_dict({"activation_checkpointing": mode}).activation_checkpointing == mode
     with pytest.raises(Exception, match="activation_checkpointing"):
-        TrialConfig.from_dict({"activation_checkpointing": "none"})
+        TrialConfig.from_dict({"activation_checkpointing": "off"})
 
 
 def test_a_bf16_step_through_sams_checkpointed_regions_stays_close_to_fp32(batch):

@@ -171,23 +171,29 @@ def param_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
 
 
 def set_optional_activation_checkpointing(model: nn.Module, enabled: bool) -> None:
-    """Switch the activation checkpointing that sam3 lets go: vision trunk, text encoder, geometry encoder and
-    segmentation head's pixel decoder (sam3's builder turns all four on, as does the tiny preset).
+    """Switch the activation checkpointing that sam3 lets go: vision trunk, text encoder, geometry encoder,
+    the whole segmentation head (``Sam3Image.use_act_checkpoint_seg_head``) and its pixel decoder (sam3's
+    builder turns all five on, as does the tiny preset).
 
     Off trades memory for speed (the H200 reference: 672 tf32 0.62 -> 0.53 s/step, 19.3 -> 26.9 GiB). The
-    fusion encoder and decoder keep theirs: sam3 asserts it in training mode.
+    fusion encoder and decoder keep theirs: sam3 asserts it in training mode (see
+    :func:`configure_activation_checkpointing`'s "none").
     """
     model.backbone.vision_backbone.trunk.use_act_checkpoint = enabled
     _set_text_encoder_checkpointing(model, enabled)
     model.geometry_encoder.use_act_ckpt = enabled
+    model.use_act_checkpoint_seg_head = enabled
     model.segmentation_head.act_ckpt = enabled
 
 
 def configure_activation_checkpointing(model: nn.Module, mode: str, precision: str) -> None:
-    """A trial's activation checkpointing: ``mode`` "sam3" (everywhere sam3 builds it) or "minimal" (only the
-    fusion encoder and decoder, which sam3 requires); in bf16 never in the text encoder (the sixth workaround
-    of :mod:`trainables.sam3_compat`: sam3's checkpointed text blocks fail their recompute under autocast)."""
+    """A trial's activation checkpointing: ``mode`` "sam3" (everywhere sam3 builds it), "minimal" (only the
+    fusion encoder and decoder, which sam3 asserts in training) or "none" (nowhere: the fusion encoder and
+    decoder run as in eval, through :func:`trainables.sam3_compat.skip_required_checkpointing`). In bf16 never
+    in the text encoder (the sixth workaround of :mod:`trainables.sam3_compat`: sam3's checkpointed text blocks
+    fail their recompute under autocast)."""
     set_optional_activation_checkpointing(model, mode == "sam3")
+    sam3_compat.skip_required_checkpointing(model.transformer, mode == "none")
     if precision == "bf16":
         _set_text_encoder_checkpointing(model, False)
 

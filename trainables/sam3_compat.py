@@ -25,6 +25,13 @@ forward (the attention mask (1, 1, 32, 32) against (14, 16, 32, 32); measured on
 the bare sam3 loop fails the same way), and ``torch.utils.checkpoint`` raises ``CheckpointError``. The text
 encoder's activations are small (14 prompts x 32 tokens), so it runs without checkpointing in bf16.
 
+7. ``model/encoder.py:440`` and ``model/decoder.py:384,527`` assert activation checkpointing in training mode
+   (a memory policy for 1008 px on GPUs, not a correctness need: the same layers run unchecked in eval).
+   ``activation_ckpt_wrapper``, as those two modules import it, is wrapped to run a module marked by
+   :func:`skip_required_checkpointing` without checkpointing; unmarked modules are untouched. The trial's
+   ``activation_checkpointing: none`` marks the fusion encoder and decoder
+   (``trainables.model.configure_activation_checkpointing``).
+
 :func:`apply` is idempotent and is called by ``trainables.model.build_model``.
 """
 
@@ -39,6 +46,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 _APPLIED_MARK = "_cass_sam3_compat"
+_SKIP_CHECKPOINT_MARK = "_cass_skip_act_ckpt"
 
 
 class _CudaToCpu(TorchFunctionMode):
@@ -104,6 +112,31 @@ def _torch_focal_loss_off_cuda(focal_loss: Callable[..., torch.Tensor]) -> Calla
     return wrapper
 
 
+def _checkpoint_unless_skipped(wrapper_factory: Callable[[Any], Callable[..., Any]]) -> Callable[[Any], Callable[..., Any]]:
+    """Wrap sam3's ``activation_ckpt_wrapper`` so that modules marked by :func:`skip_required_checkpointing`
+    run as sam3 runs them in eval (``act_ckpt_enable=False``); every other module is wrapped as before."""
+
+    @functools.wraps(wrapper_factory)
+    def factory(module: Any) -> Callable[..., Any]:
+        wrapped = wrapper_factory(module)
+        if not getattr(module, _SKIP_CHECKPOINT_MARK, False):
+            return wrapped
+
+        def unchecked(*args: Any, act_ckpt_enable: bool = True, **kwargs: Any) -> Any:
+            return wrapped(*args, act_ckpt_enable=False, **kwargs)
+
+        return unchecked
+
+    return factory
+
+
+def skip_required_checkpointing(module: nn.Module, skip: bool) -> None:
+    """Mark (``skip`` True) or unmark ``module`` and its submodules for patch 7: run without the activation
+    checkpointing sam3 asserts in training. Needs :func:`apply` (``build_model`` calls it)."""
+    for sub in module.modules():
+        setattr(sub, _SKIP_CHECKPOINT_MARK, skip)
+
+
 def _patch(owner: Any, name: str, wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
     """Replace ``owner.name`` by ``wrap(owner.name)`` once (a second call leaves it alone)."""
     original = getattr(owner, name)
@@ -115,7 +148,8 @@ def _patch(owner: Any, name: str, wrap: Callable[[Callable[..., Any]], Callable[
 
 
 def apply() -> None:
-    """Install patches 1-4 of this module's docstring. Safe to call any number of times."""
+    """Install patches 1-4 and 7 of this module's docstring. Safe to call any number of times."""
+    from sam3.model import decoder, encoder
     from sam3.model.decoder import TransformerDecoder
     from sam3.model.geometry_encoders import SequenceGeometryEncoder
     from sam3.model.position_encoding import PositionEmbeddingSine
@@ -125,6 +159,8 @@ def apply() -> None:
     _patch(TransformerDecoder, "__init__", _cuda_constructor_on_cpu)
     _patch(SequenceGeometryEncoder, "_encode_boxes", _pin_memory_only_with_accelerator)
     _patch(loss_fns, "sigmoid_focal_loss", _torch_focal_loss_off_cuda)
+    _patch(encoder, "activation_ckpt_wrapper", _checkpoint_unless_skipped)
+    _patch(decoder, "activation_ckpt_wrapper", _checkpoint_unless_skipped)
 
 
 def init_empty_parameters(model: nn.Module) -> list[str]:
