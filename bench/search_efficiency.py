@@ -185,6 +185,12 @@ def replay_trainable(curves: Curves) -> Callable[[dict], None]:
     return replay
 
 
+def asha_metric(method: str) -> str | None:
+    """What an "asha+tpe:<metric>" sweep's ASHA stops on; None for "random"."""
+    _, sep, metric = method.partition(":")
+    return metric if sep else None
+
+
 def replay_sweep(curves: Curves, method: str, seed: int, args: argparse.Namespace, storage: Path) -> SweepTrace:
     """Run one sweep of ``method`` ("random" or "asha+tpe:<metric ASHA stops on>") whose trials replay ``curves``."""
     from ray import tune
@@ -194,14 +200,15 @@ def replay_sweep(curves: Curves, method: str, seed: int, args: argparse.Namespac
     from sweeps.config import parse_sweep_config
     from sweeps.stage2 import make_tune_config
 
-    asha = method.startswith("asha+tpe:")
+    metric = asha_metric(method)
+    asha = metric is not None
     name = f"{method.replace('+', '_').replace(':', '-')}-seed{seed}"
     cfg = parse_sweep_config({
         "name": name, "storage_path": str(storage), "search_space": "(bench grid)",
         "num_samples": args.samples * (args.asha_samples_factor if asha else 1), "max_concurrent_trials": 1,
         "trial": {**SETTINGS, "max_steps": args.steps, "val_every": args.val_every},
         "scheduler": {"grace_period": args.grace, "reduction_factor": args.reduction,
-                      "metric": method.partition(":")[2] if asha else "val_dice"},
+                      "metric": metric or "val_dice"},
         "searcher": {"sampler": "tpe" if asha else "random", "seed": seed},
     }, source="bench/search_efficiency.py")
     spec = parse_search_spec({"params": {k: {"type": "choice", "values": v} for k, v in GRID.items()}},
@@ -237,15 +244,15 @@ def results_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for metric, ratio in median_ratios(rows).items():
-        for r in (r for r in rows if r["method"].endswith(metric)):
+        for r in (r for r in rows if asha_metric(r["method"]) == metric):
             reached = f"{r['asha_steps']}" if r["asha_steps"] is not None else "not reached"
             lines.append(f"| {metric} | {r['seed']} | {r['target']:.3f} | {r['random_steps']} | {reached} "
                          f"| {r['asha_trials']}, {r['asha_best']:.3f} | {r['ratio']:.2f} |")
         lines.append(f"| {metric} | median | | | | | **{ratio:.2f}** |")
     lines.append(f"\nBudget per sweep: {args.samples} x {args.steps} = {args.samples * args.steps} trial-steps "
-                 f"(random: {args.samples} trials to the end; ASHA + TPE: up to {args.samples * args.asha_samples_factor}"
-                 f" trials within the same steps); ASHA grace {args.grace}, reduction {args.reduction}; one trial at "
-                 f"a time; grid {GRID}.")
+                 f"(random: {args.samples} trials to the end; ASHA + TPE: up to "
+                 f"{args.samples * args.asha_samples_factor} trials within the same steps); ASHA grace {args.grace}, "
+                 f"reduction {args.reduction}; one trial at a time; grid {GRID}.")
     return "\n".join(lines)
 
 
@@ -253,7 +260,7 @@ def median_ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
     """The median ratio over seeds, per ASHA metric."""
     by_metric: dict[str, list[float]] = {}
     for r in rows:
-        by_metric.setdefault(r["method"].partition(":")[2], []).append(r["ratio"])
+        by_metric.setdefault(asha_metric(r["method"]), []).append(r["ratio"])
     return {metric: sorted(ratios)[len(ratios) // 2] for metric, ratios in by_metric.items()}
 
 
