@@ -140,8 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    synthetic = yaml.safe_load(LOCAL_CONFIG.read_text())["dataset"]["synthetic"]
     config_text = demo_sweep_config(out)
+    synthetic = yaml.safe_load(config_text)["dataset"]["synthetic"]
     previous = set_aside_if_changed(out, config_text)
     if previous is not None:
         print(f"{LOCAL_CONFIG.relative_to(REPO)} changed since the last demo in {out}: its data, sweep, export "
