@@ -42,7 +42,8 @@ GOAL_AUROC = 0.9
 
 # The best settings of the learning study (BENCHMARKS.md, "Learning", runs s8 and c1-c4): presence learned at
 # 112 px with 4 images per step (AUROC 0.91 by ~350 s) and never at 224 px with 1-2. Every other TrialConfig
-# field keeps its default. max_steps is set huge (the budget stops training), so keep a schedule that does not depend on it.
+# field keeps its default. max_steps is set huge (the budget stops training), so keep a schedule that does not
+# depend on it.
 SETTINGS: dict[str, Any] = {
     "preset": "tiny",
     "resolution": 112,

@@ -54,7 +54,8 @@ def run_bare(cfg) -> list[dict]:
     return reports
 
 
-def run_in_ray(cfg, storage: str) -> list[dict]:
+def run_in_ray(cfg, storage: str) -> tuple[list[dict], float]:
+    """The Ray run's reports and the CPU share of Ray's idle processes, measured before it."""
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer

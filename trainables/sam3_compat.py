@@ -112,7 +112,8 @@ def _torch_focal_loss_off_cuda(focal_loss: Callable[..., torch.Tensor]) -> Calla
     return wrapper
 
 
-def _checkpoint_unless_skipped(wrapper_factory: Callable[[Any], Callable[..., Any]]) -> Callable[[Any], Callable[..., Any]]:
+def _checkpoint_unless_skipped(
+        wrapper_factory: Callable[[Any], Callable[..., Any]]) -> Callable[[Any], Callable[..., Any]]:
     """Wrap sam3's ``activation_ckpt_wrapper`` so that modules marked by :func:`skip_required_checkpointing`
     run as sam3 runs them in eval (``act_ckpt_enable=False``); every other module is wrapped as before."""
 
