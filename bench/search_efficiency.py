@@ -1,10 +1,14 @@
 """Search efficiency: the sweep's ASHA + TPE vs random search, on learning curves measured once.
 
-1. **Curves** (the expensive part, cached): every point of :data:`GRID` (learning rates of the transformer and
-   of the vision backbone) trains once with the tiny preset on the learning benchmark's synthetic set and
-   settings (``bench/learning.py``: ``SETTINGS``, ``DATA``) for ``--steps`` steps, validating every
-   ``--val-every``. Rows go to ``<out>/curves.csv`` as each point finishes; a rerun trains only the points
-   missing there. ``--jobs`` points train at once (one torch thread each by default).
+1. **Curves** (the expensive part, cached): every point of the grid (``--grid``, by default :data:`GRID`:
+   learning rates of the transformer and of the vision backbone) trains once with the tiny preset on the
+   learning benchmark's synthetic set and settings (``bench/learning.py``: ``SETTINGS``, ``DATA``) for
+   ``--steps`` steps, validating every ``--val-every``. ``--init scratch`` starts each point from random
+   weights; ``--init pretrained`` from a model first trained with ``SETTINGS`` for ``--pretrain-steps`` on
+   another synthetic set (``<out>/pretrained/model.pt``, cached): Stage 2 starts from Phase 1 weights, not
+   from scratch, and a model that already detects something gives ASHA an early signal. Rows go to
+   ``<out>/curves-<init>.csv`` as each point finishes; a rerun trains only the points missing there.
+   ``--jobs`` points train at once (one torch thread each by default).
 2. **Replay** (seconds per sweep): for each seed, two sweeps over the same grid through the sweep's own Tune
    machinery (``sweeps.stage2.make_tune_config``: the Optuna searcher with its seed, ASHA from the sweep
    config, one trial at a time as on a 2-GPU workstation) whose trials report their point's measured
@@ -20,19 +24,29 @@
    and needs A trial-steps, counted in the order reports arrive, until a trial reports val Dice >= the target.
    Goal (issue 8): A / R <= 1/3, per seed.
 
+   The table also gives ASHA's **floor**: the fewest trial-steps any stopping rule could need to reach the
+   target if it saw random's trials in random's order (TPE's first 10 trials are exactly those, drawn by
+   the same seeded sampler): ASHA runs its first trial to the end (it has nothing to compare it with at any
+   rung), and at best stops every other trial at its first rung (``--grace``). A floor above 1/3 of R
+   means no metric or rung setting can meet the goal for that seed; only a larger search (where random
+   needs more trials) or a smaller grace can.
+
 The replay isolates the search algorithm: each grid point has one measured curve, so the training noise
 between seeds of a point is not sampled (the table's curves are one draw). Not a timed test: run by hand.
 
     TORCHDYNAMO_DISABLE=1 .venv/bin/python bench/search_efficiency.py --out bench_out/search [--seeds 0 1 2]
+        [--init pretrained --grid lr_transformer=3e-5,1e-4,3e-4,1e-3,3e-3,1e-2 lr_vision=1e-5,1e-4,1e-3]
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import itertools
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -47,102 +61,148 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import append_benchmark  # noqa: E402
 from bench.learning import DATA, SETTINGS  # noqa: E402
 
-#: The searched grid: learning rates spanning 30x around the learning benchmark's 1e-3 (too low learns
-#: nothing in the budget, too high is unstable): a search space a user would write for a new model.
-GRID: dict[str, list[float]] = {"lr_transformer": [1e-4, 3e-4, 1e-3, 3e-3], "lr_vision": [1e-4, 1e-3]}
-METRICS = ("val_dice", "val_ap75", "val_presence_auroc")
-CURVE_COLUMNS = (*GRID, "step", *METRICS, "train_loss")
-GOAL_RATIO = 1 / 3
-
+Grid = dict[str, list[float]]
 Point = tuple[float, ...]
 Curves = dict[Point, list[dict[str, float]]]
+
+#: The default grid: learning rates spanning 30x around the learning benchmark's 1e-3 (too low learns
+#: nothing in the budget, too high is unstable): a search space a user would write for a new model.
+GRID: Grid = {"lr_transformer": [1e-4, 3e-4, 1e-3, 3e-3], "lr_vision": [1e-4, 1e-3]}
+METRICS = ("val_dice", "val_ap75", "val_presence_auroc")
+VALUE_COLUMNS = ("step", *METRICS, "train_loss")
+GOAL_RATIO = 1 / 3
+#: the pretrained start's synthetic set: the learning benchmark's, drawn with another seed (other images)
+PRETRAIN_DATA = {**DATA, "seed": DATA["seed"] + 1}
 
 
 # ---- 1. curves ---------------------------------------------------------------------------------------------
 
-def grid_points() -> list[Point]:
-    """Every combination of :data:`GRID`'s values, in the order of its keys."""
-    return list(itertools.product(*GRID.values()))
+def parse_grid(items: list[str]) -> Grid:
+    """``["name=v1,v2", ...]`` -> ``{name: [v1, v2]}``; each name must be a float field of the trial config."""
+    from trainables.config import TrialConfig
+
+    fields = {f.name: f.type for f in dataclasses.fields(TrialConfig)}
+    grid: Grid = {}
+    for item in items:
+        name, sep, values = item.partition("=")
+        if not sep or fields.get(name) not in (float, "float"):
+            raise SystemExit(f"--grid {item!r}: expected NAME=V1,V2,... with NAME a float trial setting")
+        grid[name] = [float(v) for v in values.split(",")]
+    return grid
 
 
-def read_curves(path: Path) -> Curves:
-    """The curves in ``path`` (``CURVE_COLUMNS``), by grid point; empty if the file is absent."""
+def grid_points(grid: Grid) -> list[Point]:
+    """Every combination of ``grid``'s values, in the order of its keys."""
+    return list(itertools.product(*grid.values()))
+
+
+def read_curves(path: Path, names: list[str]) -> Curves:
+    """The curves in ``path`` (``names`` then :data:`VALUE_COLUMNS`), by grid point; empty if it is absent."""
     curves: Curves = {}
     if not path.exists():
         return curves
     with path.open(newline="") as f:
         for row in csv.DictReader(f):
-            point = tuple(float(row[name]) for name in GRID)
-            curves.setdefault(point, []).append({k: float(row[k]) for k in ("step", *METRICS, "train_loss")})
+            point = tuple(float(row[name]) for name in names)
+            curves.setdefault(point, []).append({k: float(row[k]) for k in VALUE_COLUMNS})
     for rows in curves.values():
         rows.sort(key=lambda r: r["step"])
     return curves
 
 
-def train_point(point: Point, data: dict[str, str], steps: int, val_every: int, threads: int) -> list[dict]:
-    """Train the tiny preset at ``point`` for ``steps`` steps; one row per validation (runs in a child process)."""
+def dataset(folder: Path, spec: dict[str, int]) -> dict[str, str]:
+    """The trial settings naming a synthetic set generated in ``folder`` (reused when already there)."""
+    from data_prep.synthetic import generate_dataset
+
+    paths = generate_dataset(folder, spec["train"], spec["val"], spec["size"], spec["seed"])
+    return {"train_json": str(paths.train_json), "val_json": str(paths.val_json), "images_dir": str(paths.images_dir)}
+
+
+def train(values: dict[str, Any], keep: Path | None = None) -> list[dict]:
+    """Train the tiny preset with ``SETTINGS`` + ``values``; one row per validation (runs in a child process).
+
+    ``keep``: where to copy the final checkpoint's weights (native format), if anywhere.
+    """
     from trainables.config import TrialConfig
     from trainables.trial import run_trial
 
-    values = {**SETTINGS, **data, **dict(zip(GRID, point)), "max_steps": steps, "val_every": val_every,
-              "cpu_threads_per_worker": threads, "num_workers": 1, "seed": DATA["seed"]}
+    cfg = TrialConfig.from_dict({**SETTINGS, "num_workers": 1, "seed": DATA["seed"], **values},
+                                source="bench/search_efficiency.py")
     rows: list[dict] = []
 
-    def report(metrics: dict[str, Any], _checkpoint: Path | None) -> None:
+    def report(metrics: dict[str, Any], checkpoint: Path | None) -> None:
         rows.append({"step": float(metrics["step"]), "train_loss": float(metrics.get("train_loss", math.nan)),
                      **{k: float(metrics.get(k, math.nan)) for k in METRICS}})
+        if keep is not None and checkpoint is not None and metrics["step"] == cfg.max_steps:
+            keep.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(checkpoint / "model.pt", keep)
 
-    run_trial(TrialConfig.from_dict(values, source="bench/search_efficiency.py"), report=report)
+    run_trial(cfg, report=report)
     return rows
 
 
-def measure_curves(out: Path, steps: int, val_every: int, jobs: int, threads: int) -> Curves:
-    """Train every grid point missing from ``<out>/curves.csv`` (``jobs`` at once), appending as each ends."""
-    from data_prep.synthetic import generate_dataset
+def pretrain(out: Path, steps: int, threads: int) -> Path:
+    """The pretrained start: ``SETTINGS`` trained for ``steps`` on :data:`PRETRAIN_DATA` (cached in ``out``)."""
+    weights = out / "pretrained" / f"model-{steps}.pt"
+    if not weights.exists():
+        print(f"pretraining the start model for {steps} steps on another synthetic set -> {weights}", flush=True)
+        rows = train({**dataset(out / "pretrain_data", PRETRAIN_DATA), "max_steps": steps, "val_every": steps,
+                      "cpu_threads_per_worker": threads}, keep=weights)
+        print(f"  its val Dice on its own set: {rows[-1]['val_dice']:.3f}", flush=True)
+    return weights
 
-    path = out / "curves.csv"
-    curves = read_curves(path)
-    missing = [p for p in grid_points() if max((r["step"] for r in curves.get(p, [])), default=0) < steps]
+
+def measure_curves(out: Path, grid: Grid, init: Path | None, steps: int, val_every: int, jobs: int,
+                   threads: int) -> Curves:
+    """Train every grid point missing from ``<out>/curves-<init>.csv`` (``jobs`` at once), appending as each ends.
+
+    ``init``: the weights every point starts from (None: random weights, ``curves-scratch.csv``).
+    """
+    path = out / f"curves-{'pretrained' if init else 'scratch'}.csv"
+    curves = read_curves(path, list(grid))
+    missing = [p for p in grid_points(grid) if max((r["step"] for r in curves.get(p, [])), default=0) < steps]
     if not missing:
         return curves
-    paths = generate_dataset(out / "data", DATA["train"], DATA["val"], DATA["size"], DATA["seed"])
-    data = {"train_json": str(paths.train_json), "val_json": str(paths.val_json), "images_dir": str(paths.images_dir)}
+    common = {**dataset(out / "data", DATA), "max_steps": steps, "val_every": val_every,
+              "cpu_threads_per_worker": threads, "checkpoint": str(init) if init else None}
     print(f"training {len(missing)} grid point(s) x {steps} steps, {jobs} at once, {threads} thread(s) each "
           f"-> {path}", flush=True)
     start = time.perf_counter()
     write_header = not path.exists()
     with path.open("a", newline="") as f, ProcessPoolExecutor(max_workers=jobs) as pool:
-        writer = csv.DictWriter(f, fieldnames=CURVE_COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=[*grid, *VALUE_COLUMNS])
         if write_header:
             writer.writeheader()
-        futures = {pool.submit(train_point, p, data, steps, val_every, threads): p for p in missing}
+        futures = {pool.submit(train, {**common, **dict(zip(grid, p))}): p for p in missing}
         for done, future in enumerate(as_completed(futures), 1):
             point = futures[future]
             rows = future.result()
             curves[point] = rows
-            writer.writerows({**dict(zip(GRID, point)), **row} for row in rows)
+            writer.writerows({**dict(zip(grid, point)), **row} for row in rows)
             f.flush()
             best = max((r["val_dice"] for r in rows), default=math.nan)
-            print(f"  [{done}/{len(missing)}] {describe(point)}: best val_dice {best:.3f}, final "
+            print(f"  [{done}/{len(missing)}] {describe(grid, point)}: best val_dice {best:.3f}, final "
                   f"{rows[-1]['val_dice']:.3f} at step {int(rows[-1]['step'])} ({time.perf_counter() - start:.0f} s)",
                   flush=True)
     return curves
 
 
-def describe(point: Point) -> str:
-    return ", ".join(f"{name}={value:g}" for name, value in zip(GRID, point))
+def describe(grid: Grid, point: Point) -> str:
+    return ", ".join(f"{name}={value:g}" for name, value in zip(grid, point))
 
 
 # ---- 2. replay ---------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class SweepTrace:
-    """One replayed sweep: every report as (cumulative trial-steps spent, val_dice), in arrival order."""
+    """One replayed sweep: every report as (cumulative trial-steps spent, val_dice), in arrival order, and the
+    grid point of each trial in the order the trials first reported."""
 
     method: str
     seed: int
     trials: int
     reports: list[tuple[int, float]]
+    order: tuple[Point, ...] = ()
 
     @property
     def steps_spent(self) -> int:
@@ -162,25 +222,48 @@ class SweepTrace:
 
 
 def sweep_trace(method: str, seed: int, reports: list[dict]) -> SweepTrace:
-    """Order a sweep's reports by arrival and charge each trial the steps it ran since its previous report."""
+    """Order a sweep's reports by arrival and charge each trial the steps it ran since its previous report.
+
+    A report may name its trial's grid point (``point``); the trace then records the order of the trials.
+    """
     last_step: dict[str, float] = {}
-    spent, out = 0, []
+    spent, out, order = 0, [], []
     for r in sorted(reports, key=lambda r: r["reported_ns"]):
+        if r["trial_id"] not in last_step and "point" in r:
+            order.append(r["point"])
         spent += int(r["step"] - last_step.get(r["trial_id"], 0))
         last_step[r["trial_id"]] = r["step"]
         out.append((spent, r["val_dice"]))
-    return SweepTrace(method, seed, len(last_step), out)
+    return SweepTrace(method, seed, len(last_step), out, tuple(order))
 
 
-def replay_trainable(curves: Curves) -> Callable[[dict], None]:
-    """A Tune function trainable that reports its grid point's measured curve, one validation at a time."""
+def asha_floor(order: tuple[Point, ...], curves: Curves, target: float, max_t: int, grace: int) -> int | None:
+    """The fewest trial-steps to a val Dice >= ``target`` for ASHA run one trial at a time over ``order``.
+
+    ASHA cannot stop its first trial (a rung's first result has nothing to be compared with), so it costs
+    ``max_t`` unless it reaches the target itself; every later trial costs at least ``grace`` (its first
+    rung) unless it is the one that reaches the target. None: no trial in ``order`` reaches it by ``max_t``.
+    """
+    spent, floor = 0, None
+    for i, point in enumerate(order):
+        reach = next((int(r["step"]) for r in curves[point] if r["val_dice"] >= target and r["step"] <= max_t), None)
+        if reach is not None and (floor is None or spent + reach < floor):
+            floor = spent + reach
+        spent += max_t if i == 0 else grace
+    return floor
+
+
+def replay_trainable(curves: Curves, names: list[str], max_t: int) -> Callable[[dict], None]:
+    """A Tune function trainable that reports its grid point's measured curve up to ``max_t``, one validation at
+    a time."""
 
     def replay(config: dict) -> None:
         from ray import tune
 
-        point = tuple(float(config[name]) for name in GRID)
+        point = tuple(float(config[name]) for name in names)
         for row in curves[point]:
-            tune.report({**row, "reported_ns": time.time_ns()})
+            if row["step"] <= max_t:
+                tune.report({**row, "reported_ns": time.time_ns()})
 
     return replay
 
@@ -211,48 +294,59 @@ def replay_sweep(curves: Curves, method: str, seed: int, args: argparse.Namespac
                       "metric": metric or "val_dice"},
         "searcher": {"sampler": "tpe" if asha else "random", "seed": seed},
     }, source="bench/search_efficiency.py")
-    spec = parse_search_spec({"params": {k: {"type": "choice", "values": v} for k, v in GRID.items()}},
-                             source="bench/search_efficiency.py GRID")
+    spec = parse_search_spec({"params": {k: {"type": "choice", "values": v} for k, v in args.grid.items()}},
+                             source="bench/search_efficiency.py --grid")
     tune_config = make_tune_config(cfg, spec)
     if not asha:
         tune_config.scheduler = FIFOScheduler()
-    results = tune.Tuner(replay_trainable(curves), param_space=spec.params, tune_config=tune_config,
+    results = tune.Tuner(replay_trainable(curves, list(args.grid), args.steps), param_space=spec.params,
+                         tune_config=tune_config,
                          run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0)).fit()
     reports = []
     for result in results:
         frame = result.metrics_dataframe
         if frame is not None and not frame.empty:
-            reports += frame[["trial_id", "step", "val_dice", "reported_ns"]].to_dict("records")
+            point = tuple(float(result.config[name]) for name in args.grid)
+            reports += [{**r, "point": point}
+                        for r in frame[["trial_id", "step", "val_dice", "reported_ns"]].to_dict("records")]
     return sweep_trace(method, seed, reports)
 
 
-def compare(random: SweepTrace, asha: SweepTrace, budget: int) -> dict[str, Any]:
-    """The issue's figure for one seed: ASHA + TPE's trial-steps to random's best val Dice, over random's."""
+def compare(random: SweepTrace, asha: SweepTrace, budget: int, floor: int | None = None) -> dict[str, Any]:
+    """The issue's figure for one seed: ASHA + TPE's trial-steps to random's best val Dice, over random's.
+
+    ``floor``: :func:`asha_floor` for random's trials and target, reported as a ratio too.
+    """
     target, random_steps = random.best()
     asha_steps = asha.steps_to_reach(target, budget)
-    ratio = asha_steps / random_steps if asha_steps is not None and random_steps else math.inf
+
+    def ratio(steps: int | None) -> float:
+        return steps / random_steps if steps is not None and random_steps else math.inf
+
     return {"seed": random.seed, "method": asha.method, "target": target, "random_steps": random_steps,
             "random_trials": random.trials, "asha_steps": asha_steps, "asha_trials": asha.trials,
-            "asha_spent": min(asha.steps_spent, budget), "asha_best": asha.best()[0], "ratio": ratio}
+            "asha_spent": min(asha.steps_spent, budget), "asha_best": asha.best()[0], "ratio": ratio(asha_steps),
+            "floor_ratio": ratio(floor)}
 
 
 def results_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     """One row per (ASHA metric, seed) and the median ratio per ASHA metric."""
     lines = [
         "| ASHA stops on | seed | random: best val Dice (target) | random: trial-steps to it | ASHA+TPE: trial-steps "
-        "to target | ASHA+TPE: trials started, best val Dice in budget | ratio (goal <= 0.33) |",
-        "|---|---|---|---|---|---|---|",
+        "to target | ASHA+TPE: trials started, best val Dice in budget | ratio (goal <= 0.33) | ASHA's floor "
+        "(random's trials) / random |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for metric, ratio in median_ratios(rows).items():
         for r in (r for r in rows if asha_metric(r["method"]) == metric):
             reached = f"{r['asha_steps']}" if r["asha_steps"] is not None else "not reached"
             lines.append(f"| {metric} | {r['seed']} | {r['target']:.3f} | {r['random_steps']} | {reached} "
-                         f"| {r['asha_trials']}, {r['asha_best']:.3f} | {r['ratio']:.2f} |")
-        lines.append(f"| {metric} | median | | | | | **{ratio:.2f}** |")
+                         f"| {r['asha_trials']}, {r['asha_best']:.3f} | {r['ratio']:.2f} | {r['floor_ratio']:.2f} |")
+        lines.append(f"| {metric} | median | | | | | **{ratio:.2f}** | |")
     lines.append(f"\nBudget per sweep: {args.samples} x {args.steps} = {args.samples * args.steps} trial-steps "
                  f"(random: {args.samples} trials to the end; ASHA + TPE: up to "
                  f"{args.samples * args.asha_samples_factor} trials within the same steps); ASHA grace {args.grace}, "
-                 f"reduction {args.reduction}; one trial at a time; grid {GRID}.")
+                 f"reduction {args.reduction}; one trial at a time; start: {args.init}; grid {args.grid}.")
     return "\n".join(lines)
 
 
@@ -264,21 +358,26 @@ def median_ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
     return {metric: sorted(ratios)[len(ratios) // 2] for metric, ratios in by_metric.items()}
 
 
-def curves_table(curves: Curves) -> str:
-    steps = sorted({int(r["step"]) for rows in curves.values() for r in rows})
+def curves_table(curves: Curves, grid: Grid, max_t: int) -> str:
+    steps = sorted({int(r["step"]) for rows in curves.values() for r in rows if r["step"] <= max_t})
     lines = ["| grid point | " + " | ".join(f"{s}" for s in steps) + " | best |", "|---" * (len(steps) + 2) + "|"]
-    for point in grid_points():
-        rows = {int(r["step"]): r for r in curves.get(point, [])}
+    for point in grid_points(grid):
+        rows = {int(r["step"]): r for r in curves.get(point, []) if r["step"] <= max_t}
         cells = [f"{rows[s]['val_dice']:.2f}/{rows[s]['val_presence_auroc']:.2f}" if s in rows else "" for s in steps]
         best = max((r["val_dice"] for r in rows.values()), default=math.nan)
-        lines.append(f"| {describe(point)} | " + " | ".join(cells) + f" | {best:.3f} |")
+        lines.append(f"| {describe(grid, point)} | " + " | ".join(cells) + f" | {best:.3f} |")
     return "val Dice / presence AUROC by step:\n\n" + "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench_out/search_efficiency"),
-                        help="folder of curves.csv (reused) and the measured data")
+                        help="folder of the curves (curves-<init>.csv, reused), the data and the pretrained start")
+    parser.add_argument("--grid", nargs="+", help="the searched grid: NAME=V1,V2,... per float trial setting",
+                        default=[f"{name}={','.join(f'{v:g}' for v in values)}" for name, values in GRID.items()])
+    parser.add_argument("--init", choices=["scratch", "pretrained"], default="scratch",
+                        help="what every trial starts from: random weights, or the pretrained start model")
+    parser.add_argument("--pretrain-steps", type=int, default=800, help="training steps of the pretrained start")
     parser.add_argument("--steps", type=int, default=800, help="steps of a full trial (max_t)")
     parser.add_argument("--val-every", type=int, default=100, help="steps between validations")
     parser.add_argument("--jobs", type=int, default=2, help="grid points trained at once")
@@ -293,11 +392,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reduction", type=int, default=3, help="ASHA reduction factor")
     parser.add_argument("--no-append", action="store_true", help="do not append the tables to BENCHMARKS.md")
     args = parser.parse_args(argv)
+    args.grid = parse_grid(args.grid)
     os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
     args.out.mkdir(parents=True, exist_ok=True)
 
-    curves = measure_curves(args.out, args.steps, args.val_every, args.jobs, args.threads)
-    print(curves_table(curves), flush=True)
+    init = pretrain(args.out, args.pretrain_steps, args.jobs * args.threads) if args.init == "pretrained" else None
+    curves = measure_curves(args.out, args.grid, init, args.steps, args.val_every, args.jobs, args.threads)
+    print(curves_table(curves, args.grid, args.steps), flush=True)
 
     import ray
 
@@ -311,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
                 random = replay_sweep(curves, "random", seed, args, Path(storage))
                 for metric in args.asha_metrics:
                     asha = replay_sweep(curves, f"asha+tpe:{metric}", seed, args, Path(storage))
-                    rows.append(compare(random, asha, budget=args.samples * args.steps))
+                    floor = asha_floor(random.order, curves, random.best()[0], args.steps, args.grace)
+                    rows.append(compare(random, asha, budget=args.samples * args.steps, floor=floor))
                     print(f"seed {seed}: {rows[-1]}", flush=True)
     finally:
         ray.shutdown()
@@ -320,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_append:
         append_benchmark("Search efficiency: ASHA + TPE vs random (replayed measured curves)",
                          " ".join(["python bench/search_efficiency.py", *(argv or sys.argv[1:])]),
-                         curves_table(curves) + "\n\n" + table)
+                         curves_table(curves, args.grid, args.steps) + "\n\n" + table)
     medians = median_ratios(rows)
     for metric, median in medians.items():
         print(("PASS" if median <= GOAL_RATIO else "FAIL") + f": ASHA on {metric} + TPE: median ratio {median:.2f} "

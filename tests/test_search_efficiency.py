@@ -22,6 +22,26 @@ def test_trace_charges_each_trial_the_steps_it_ran_in_arrival_order():
     assert trace.trials == 2 and trace.steps_spent == 400
 
 
+def test_trace_records_the_grid_point_of_each_trial_in_the_order_they_started():
+    reports = [{**report("b", 100, 0.1, 3), "point": (2.0,)}, {**report("a", 100, 0.0, 1), "point": (1.0,)},
+               {**report("a", 200, 0.2, 2), "point": (1.0,)}]
+    assert se.sweep_trace("random", 0, reports).order == ((1.0,), (2.0,))
+
+
+def curve(*dice: float, every: int = 100) -> list[dict]:
+    return [{"step": float(every * (i + 1)), "val_dice": d} for i, d in enumerate(dice)]
+
+
+def test_asha_floor_charges_the_first_trial_in_full_and_each_later_one_its_grace_period():
+    curves = {(1.0,): curve(0.1, 0.2, 0.3, 0.3), (2.0,): curve(0.0, 0.0, 0.1, 0.2), (3.0,): curve(0.2, 0.4, 0.6, 0.7)}
+    order = ((1.0,), (2.0,), (2.0,), (3.0,))
+    # 400 (first, run to max_t) + 100 + 100 (stopped at grace) + 300 (the third point reaches 0.6 at step 300)
+    assert se.asha_floor(order, curves, target=0.6, max_t=400, grace=100) == 900
+    # the first trial reaches 0.3 itself at step 300: nothing later is cheaper
+    assert se.asha_floor(order, curves, target=0.3, max_t=400, grace=100) == 300
+    assert se.asha_floor(order, curves, target=0.7, max_t=300, grace=100) is None  # only reached after max_t
+
+
 def test_best_is_the_first_time_the_top_dice_was_reported():
     trace = se.SweepTrace("random", 0, 3, [(100, 0.2), (300, 0.6), (500, 0.6), (700, 0.4)])
     assert trace.best() == (0.6, 300)
@@ -37,9 +57,9 @@ def test_steps_to_reach_counts_only_reports_within_the_budget():
 def test_compare_divides_asha_steps_by_the_steps_random_needed_for_its_best():
     random = se.SweepTrace("random", 1, 2, [(800, 0.3), (1600, 0.6)])
     asha = se.SweepTrace("asha+tpe:val_dice", 1, 6, [(100, 0.1), (400, 0.65)])
-    row = se.compare(random, asha, budget=1600)
+    row = se.compare(random, asha, budget=1600, floor=1200)
     assert row["target"] == 0.6 and row["random_steps"] == 1600 and row["asha_steps"] == 400
-    assert row["ratio"] == pytest.approx(0.25)
+    assert row["ratio"] == pytest.approx(0.25) and row["floor_ratio"] == pytest.approx(0.75)
     never = se.compare(random, se.SweepTrace("asha+tpe:val_dice", 1, 6, [(100, 0.1)]), budget=1600)
     assert never["asha_steps"] is None and math.isinf(never["ratio"])
 
@@ -50,12 +70,21 @@ def test_median_ratio_per_asha_metric():
     assert se.median_ratios(rows) == {"val_dice": 0.5, "val_presence_auroc": 0.1}
 
 
+def test_grid_option_names_float_trial_settings():
+    grid = se.parse_grid(["lr_transformer=1e-4,3e-4", "lr_vision=1e-3"])
+    assert grid == {"lr_transformer": [1e-4, 3e-4], "lr_vision": [1e-3]}
+    assert se.grid_points(grid) == [(1e-4, 1e-3), (3e-4, 1e-3)]
+    for bad in ("lr_transformer", "no_such_setting=1", "preset=1"):
+        with pytest.raises(SystemExit, match="--grid"):
+            se.parse_grid([bad])
+
+
 def test_read_curves_groups_rows_by_grid_point(tmp_path):
     path = tmp_path / "curves.csv"
     path.write_text("lr_transformer,lr_vision,step,val_dice,val_ap75,val_presence_auroc,train_loss\n"
                     "0.001,0.001,200,0.5,0.1,0.9,3.0\n0.001,0.001,100,0.2,0.0,0.7,4.0\n"
                     "0.0001,0.001,100,0.0,0.0,0.6,5.0\n")
-    curves = se.read_curves(path)
+    curves = se.read_curves(path, ["lr_transformer", "lr_vision"])
     assert [r["step"] for r in curves[(1e-3, 1e-3)]] == [100.0, 200.0]
     assert curves[(1e-4, 1e-3)][0]["val_presence_auroc"] == 0.6
 
@@ -71,8 +100,9 @@ def test_replayed_sweeps_run_through_the_sweeps_tune_config(tmp_path):
     # the best point learns; every other point's Dice is flat and lower (ASHA stops them at its rungs)
     curves = {p: [{"step": float(s), "val_dice": (s / 400 if p == (1e-3, 1e-3) else 0.1 * i / 8),
                    "val_ap75": 0.0, "val_presence_auroc": 0.5, "train_loss": 1.0} for s in steps]
-              for i, p in enumerate(se.grid_points())}
-    args = argparse.Namespace(samples=4, asha_samples_factor=2, steps=400, val_every=100, grace=100, reduction=2)
+              for i, p in enumerate(se.grid_points(se.GRID))}
+    args = argparse.Namespace(samples=4, asha_samples_factor=2, steps=400, val_every=100, grace=100, reduction=2,
+                              grid=se.GRID)
     ray_compat.init_ray(None, "127.0.0.1", ray_compat.worker_env_vars(0.5), num_cpus=2)
     try:
         random = se.replay_sweep(curves, "random", 0, args, tmp_path)
@@ -83,3 +113,4 @@ def test_replayed_sweeps_run_through_the_sweeps_tune_config(tmp_path):
     assert asha.trials == 8 and asha.steps_spent < 8 * 400  # some trials were stopped before max_t
     measured = {d for rows in curves.values() for d in (r["val_dice"] for r in rows)}
     assert {dice for _, dice in random.reports + asha.reports} <= measured
+    assert len(random.order) == 4 and set(random.order) <= set(curves)
