@@ -60,6 +60,7 @@ def test_compare_divides_asha_steps_by_the_steps_random_needed_for_its_best():
     row = se.compare(random, asha, budget=1600, floor=1200)
     assert row["target"] == 0.6 and row["random_steps"] == 1600 and row["asha_steps"] == 400
     assert row["ratio"] == pytest.approx(0.25) and row["floor_ratio"] == pytest.approx(0.75)
+    assert (row["random_third"], row["asha_third"]) == (-math.inf, 0.65)  # within 1600 // 3 = 533 trial-steps
     never = se.compare(random, se.SweepTrace("asha+tpe:val_dice", 1, 6, [(100, 0.1)]), budget=1600)
     assert never["asha_steps"] is None and math.isinf(never["ratio"])
 
