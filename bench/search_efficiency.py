@@ -195,14 +195,19 @@ def describe(grid: Grid, point: Point) -> str:
 
 @dataclass(frozen=True)
 class SweepTrace:
-    """One replayed sweep: every report as (cumulative trial-steps spent, val_dice), in arrival order, and the
-    grid point of each trial in the order the trials first reported."""
+    """One replayed sweep: every report as (cumulative trial-steps spent, val_dice), in arrival order, and how
+    each trial ended (grid point, last step, last val_dice) in the order the trials first reported."""
 
     method: str
     seed: int
     trials: int
     reports: list[tuple[int, float]]
-    order: tuple[Point, ...] = ()
+    ends: tuple[tuple[Point, int, float], ...] = ()
+
+    @property
+    def order(self) -> tuple[Point, ...]:
+        """The trials' grid points in the order they started."""
+        return tuple(point for point, _, _ in self.ends)
 
     @property
     def steps_spent(self) -> int:
@@ -228,17 +233,29 @@ class SweepTrace:
 def sweep_trace(method: str, seed: int, reports: list[dict]) -> SweepTrace:
     """Order a sweep's reports by arrival and charge each trial the steps it ran since its previous report.
 
-    A report may name its trial's grid point (``point``); the trace then records the order of the trials.
+    A report may name its trial's grid point (``point``); the trace then records how each trial ended.
     """
     last_step: dict[str, float] = {}
-    spent, out, order = 0, [], []
+    ends: dict[str, tuple[Point, int, float]] = {}  # insertion order: the order the trials started
+    spent, out = 0, []
     for r in sorted(reports, key=lambda r: r["reported_ns"]):
-        if r["trial_id"] not in last_step and "point" in r:
-            order.append(r["point"])
         spent += int(r["step"] - last_step.get(r["trial_id"], 0))
         last_step[r["trial_id"]] = r["step"]
         out.append((spent, r["val_dice"]))
-    return SweepTrace(method, seed, len(last_step), out, tuple(order))
+        if "point" in r:
+            ends[r["trial_id"]] = (r["point"], int(r["step"]), r["val_dice"])
+    return SweepTrace(method, seed, len(last_step), out, tuple(ends.values()))
+
+
+def trials_summary(trace: SweepTrace, grid: Grid) -> str:
+    """How often each (grid point, last step) ended a trial of ``trace``: what was stopped where, what repeated."""
+    counts: dict[tuple[Point, int], list[float]] = {}
+    for point, step, dice in trace.ends:
+        counts.setdefault((point, step), []).append(dice)
+    lines = [f"{trace.method}, seed {trace.seed}: {trace.trials} trials (grid point: times x last step, val Dice)"]
+    for (point, step), dices in sorted(counts.items(), key=lambda item: (-len(item[1]), item[0])):
+        lines.append(f"  {describe(grid, point)}: {len(dices)} x to step {step} ({dices[-1]:.3f})")
+    return "\n".join(lines)
 
 
 def asha_floor(order: tuple[Point, ...], curves: Curves, target: float, max_t: int, grace: int) -> int | None:
@@ -402,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="what ASHA stops on: one ASHA + TPE sweep per metric and seed")
     parser.add_argument("--grace", type=int, default=100, help="ASHA grace period (steps)")
     parser.add_argument("--reduction", type=int, default=3, help="ASHA reduction factor")
+    parser.add_argument("--show-trials", action="store_true",
+                        help="print each sweep's trials: grid point, where it ended, how often it was run")
     parser.add_argument("--no-append", action="store_true", help="do not append the tables to BENCHMARKS.md")
     args = parser.parse_args(argv)
     args.grid = parse_grid(args.grid)
@@ -422,8 +441,12 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="search_efficiency_") as storage:
             for seed in args.seeds:
                 random = replay_sweep(curves, "random", seed, args, Path(storage))
+                if args.show_trials:
+                    print(trials_summary(random, args.grid), flush=True)
                 for metric in args.asha_metrics:
                     asha = replay_sweep(curves, f"asha+tpe:{metric}", seed, args, Path(storage))
+                    if args.show_trials:
+                        print(trials_summary(asha, args.grid), flush=True)
                     floor = asha_floor(random.order, curves, random.best()[0], args.steps, args.grace)
                     rows.append(compare(random, asha, budget=args.samples * args.steps, floor=floor))
                     print(f"seed {seed}: {rows[-1]}", flush=True)

@@ -22,10 +22,16 @@ def test_trace_charges_each_trial_the_steps_it_ran_in_arrival_order():
     assert trace.trials == 2 and trace.steps_spent == 400
 
 
-def test_trace_records_the_grid_point_of_each_trial_in_the_order_they_started():
+def test_trace_records_how_each_trial_ended_in_the_order_they_started():
     reports = [{**report("b", 100, 0.1, 3), "point": (2.0,)}, {**report("a", 100, 0.0, 1), "point": (1.0,)},
-               {**report("a", 200, 0.2, 2), "point": (1.0,)}]
-    assert se.sweep_trace("random", 0, reports).order == ((1.0,), (2.0,))
+               {**report("a", 200, 0.2, 2), "point": (1.0,)}, {**report("c", 100, 0.3, 4), "point": (1.0,)}]
+    trace = se.sweep_trace("random", 0, reports)
+    assert trace.order == ((1.0,), (2.0,), (1.0,))
+    assert trace.ends == (((1.0,), 200, 0.2), ((2.0,), 100, 0.1), ((1.0,), 100, 0.3))
+    summary = se.trials_summary(trace, {"lr_transformer": [1.0, 2.0]})
+    assert summary.splitlines()[1:] == ["  lr_transformer=1: 1 x to step 100 (0.300)",
+                                        "  lr_transformer=1: 1 x to step 200 (0.200)",
+                                        "  lr_transformer=2: 1 x to step 100 (0.100)"]
 
 
 def curve(*dice: float, every: int = 100) -> list[dict]:
