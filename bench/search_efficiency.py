@@ -4,10 +4,11 @@
    learning rates of the transformer and of the vision backbone) trains once with the tiny preset on the
    learning benchmark's synthetic set and settings (``bench/learning.py``: ``SETTINGS``, ``DATA``) for
    ``--steps`` steps, validating every ``--val-every``. ``--init scratch`` starts each point from random
-   weights; ``--init pretrained`` from a model first trained with ``SETTINGS`` for ``--pretrain-steps`` on
-   another synthetic set (``<out>/pretrained/model.pt``, cached): Stage 2 starts from Phase 1 weights, not
-   from scratch, and a model that already detects something gives ASHA an early signal. Rows go to
-   ``<out>/curves-<init>.csv`` as each point finishes; a rerun trains only the points missing there.
+   weights; ``--init pretrained`` from a model first trained with ``SETTINGS`` for ``--pretrain-steps`` (N) on
+   another synthetic set (``<out>/pretrained-N/model.pt``, cached): Stage 2 starts from Phase 1 weights, not
+   from scratch, and a model that already detects something has a nonzero Dice for ASHA to rank from its
+   first rung. Rows go to ``<out>/curves-scratch.csv`` or ``<out>/curves-pretrained-N.csv`` as each point
+   finishes; a rerun trains only the points missing there.
    ``--jobs`` points train at once (one torch thread each by default).
 2. **Replay** (seconds per sweep): for each seed, two sweeps over the same grid through the sweep's own Tune
    machinery (``sweeps.stage2.make_tune_config``: the Optuna searcher with its seed, ASHA from the sweep
@@ -143,7 +144,7 @@ def train(values: dict[str, Any], keep: Path | None = None) -> list[dict]:
 
 def pretrain(out: Path, steps: int, threads: int) -> Path:
     """The pretrained start: ``SETTINGS`` trained for ``steps`` on :data:`PRETRAIN_DATA` (cached in ``out``)."""
-    weights = out / "pretrained" / f"model-{steps}.pt"
+    weights = out / f"pretrained-{steps}" / "model.pt"
     if not weights.exists():
         print(f"pretraining the start model for {steps} steps on another synthetic set -> {weights}", flush=True)
         rows = train({**dataset(out / "pretrain_data", PRETRAIN_DATA), "max_steps": steps, "val_every": steps,
@@ -154,11 +155,12 @@ def pretrain(out: Path, steps: int, threads: int) -> Path:
 
 def measure_curves(out: Path, grid: Grid, init: Path | None, steps: int, val_every: int, jobs: int,
                    threads: int) -> Curves:
-    """Train every grid point missing from ``<out>/curves-<init>.csv`` (``jobs`` at once), appending as each ends.
+    """Train every grid point missing from its curves file (``jobs`` at once), appending as each ends.
 
-    ``init``: the weights every point starts from (None: random weights, ``curves-scratch.csv``).
+    ``init``: the weights every point starts from, :func:`pretrain`'s (``<out>/curves-pretrained-N.csv``), or
+    None for random weights (``<out>/curves-scratch.csv``).
     """
-    path = out / f"curves-{'pretrained' if init else 'scratch'}.csv"
+    path = out / f"curves-{init.parent.name if init else 'scratch'}.csv"
     curves = read_curves(path, list(grid))
     missing = [p for p in grid_points(grid) if max((r["step"] for r in curves.get(p, [])), default=0) < steps]
     if not missing:
