@@ -209,8 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     paths = generate_dataset(out / "data", args.train, args.val, DATA["size"], args.seed)
     data_s = time.perf_counter() - started
-    values = {**SETTINGS, "train_json": str(paths.train_json), "val_json": str(paths.val_json),
-              "images_dir": str(paths.images_dir), "val_every": args.val_every, "max_steps": 1_000_000,
+    values = {**SETTINGS, **paths.trial_fields(), "val_every": args.val_every, "max_steps": 1_000_000,
               "cpu_threads_per_worker": args.threads, "num_workers": 1, "seed": args.seed,
               **_parse_overrides(args.set)}
     cfg = TrialConfig.from_dict(values, source="bench/learning.py")

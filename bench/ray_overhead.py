@@ -36,8 +36,7 @@ def sweep_config(root: Path, dataset, trials: int, workers: int):
     return parse_sweep_config({
         "name": "ray-overhead", "storage_path": str(root / "sweeps"), "search_space": str(space),
         "num_samples": trials, "max_concurrent_trials": 1,
-        "trial": {"train_json": str(dataset.train_json), "val_json": str(dataset.val_json),
-                  "images_dir": str(dataset.images_dir), "max_steps": 4, "val_every": 4, "warmup_steps": 1,
+        "trial": {**dataset.trial_fields(), "max_steps": 4, "val_every": 4, "warmup_steps": 1,
                   "num_workers": workers, "cpu_threads_per_worker": 1, "val_max_images": 1},
         "scheduler": {"grace_period": 4, "reduction_factor": 2},
         "checkpoint": {"num_to_keep": 1},

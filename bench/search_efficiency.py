@@ -115,8 +115,7 @@ def dataset(folder: Path, spec: dict[str, int]) -> dict[str, str]:
     """The trial settings naming a synthetic set generated in ``folder`` (reused when already there)."""
     from data_prep.synthetic import generate_dataset
 
-    paths = generate_dataset(folder, spec["train"], spec["val"], spec["size"], spec["seed"])
-    return {"train_json": str(paths.train_json), "val_json": str(paths.val_json), "images_dir": str(paths.images_dir)}
+    return generate_dataset(folder, spec["train"], spec["val"], spec["size"], spec["seed"]).trial_fields()
 
 
 def train(values: dict[str, Any], keep: Path | None = None) -> list[dict]:

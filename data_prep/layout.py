@@ -35,3 +35,7 @@ class DatasetPaths:
     @property
     def val_json(self) -> Path:
         return self.annotations("val")
+
+    def trial_fields(self) -> dict[str, str]:
+        """The ``TrialConfig`` fields that point a trial at this dataset."""
+        return {"train_json": str(self.train_json), "val_json": str(self.val_json), "images_dir": str(self.images_dir)}

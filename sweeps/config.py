@@ -188,8 +188,7 @@ def parse_sweep_config(raw: Any, *, source: str) -> SweepConfig:
             problems.append(f"trial: {clash} come from dataset.dir; set them in one place only")
         paths = DatasetPaths(Path(dataset.dir).absolute())
         dataset.dir = str(paths.root)
-        trial_raw = {**trial_raw, "train_json": str(paths.train_json), "val_json": str(paths.val_json),
-                     "images_dir": str(paths.images_dir)}
+        trial_raw = {**trial_raw, **paths.trial_fields()}
     try:
         values["trial"] = TrialConfig.from_dict(trial_raw, source="trial")
     except (InputError, TypeError) as err:

@@ -324,3 +324,13 @@ def test_val_max_images_limits_validation_to_the_first_images_over_all_ranks(syn
                       images_dir=str(synthetic_dataset.images_dir), val_max_images=3)
     seen = [list(build_loader(cfg, "val", rank=r, world_size=2).sampler) for r in (0, 1)]
     assert seen == [[0, 2], [1]]
+
+
+def test_a_dataset_folder_gives_the_trial_fields_that_point_at_its_files(tmp_path):
+    from data_prep.layout import DatasetPaths
+
+    fields = DatasetPaths(tmp_path).trial_fields()
+    assert fields == {"train_json": str(tmp_path / "annotations" / "train.json"),
+                      "val_json": str(tmp_path / "annotations" / "val.json"), "images_dir": str(tmp_path / "images")}
+    cfg = TrialConfig.from_dict(fields, source="test")
+    assert (cfg.train_json, cfg.val_json, cfg.images_dir) == tuple(fields.values())
