@@ -86,9 +86,13 @@ def parse_grid(items: list[str]) -> Grid:
     grid: Grid = {}
     for item in items:
         name, sep, values = item.partition("=")
-        if not sep or fields.get(name) not in (float, "float"):
-            raise SystemExit(f"--grid {item!r}: expected NAME=V1,V2,... with NAME a float trial setting")
-        grid[name] = [float(v) for v in values.split(",")]
+        try:
+            if not sep or fields.get(name) not in (float, "float"):
+                raise ValueError
+            grid[name] = [float(v) for v in values.split(",")]
+        except ValueError:
+            raise SystemExit(f"--grid {item!r}: expected NAME=V1,V2,... with NAME a float trial setting "
+                             "and numbers as values") from None
     return grid
 
 
@@ -98,12 +102,19 @@ def grid_points(grid: Grid) -> list[Point]:
 
 
 def read_curves(path: Path, names: list[str]) -> Curves:
-    """The curves in ``path`` (``names`` then :data:`VALUE_COLUMNS`), by grid point; empty if it is absent."""
+    """The curves in ``path`` (``names`` then :data:`VALUE_COLUMNS`), by grid point; empty if it is absent.
+
+    A file of another grid (other columns) is refused: its rows cannot be read as this grid's, nor appended to.
+    """
     curves: Curves = {}
     if not path.exists():
         return curves
     with path.open(newline="") as f:
-        for row in csv.DictReader(f):
+        reader = csv.DictReader(f)
+        if reader.fieldnames != [*names, *VALUE_COLUMNS]:
+            raise SystemExit(f"{path}: columns {reader.fieldnames} are not this grid's {[*names, *VALUE_COLUMNS]}; "
+                             "give another --out (or remove the file to measure its curves again)")
+        for row in reader:
             point = tuple(float(row[name]) for name in names)
             curves.setdefault(point, []).append({k: float(row[k]) for k in VALUE_COLUMNS})
     for rows in curves.values():

@@ -81,7 +81,7 @@ def test_grid_option_names_float_trial_settings():
     grid = se.parse_grid(["lr_transformer=1e-4,3e-4", "lr_vision=1e-3"])
     assert grid == {"lr_transformer": [1e-4, 3e-4], "lr_vision": [1e-3]}
     assert se.grid_points(grid) == [(1e-4, 1e-3), (3e-4, 1e-3)]
-    for bad in ("lr_transformer", "no_such_setting=1", "preset=1"):
+    for bad in ("lr_transformer", "no_such_setting=1", "preset=1", "lr_vision=1e-3,fast", "lr_vision="):
         with pytest.raises(SystemExit, match="--grid"):
             se.parse_grid([bad])
 
@@ -94,6 +94,14 @@ def test_read_curves_groups_rows_by_grid_point(tmp_path):
     curves = se.read_curves(path, ["lr_transformer", "lr_vision"])
     assert [r["step"] for r in curves[(1e-3, 1e-3)]] == [100.0, 200.0]
     assert curves[(1e-4, 1e-3)][0]["val_presence_auroc"] == 0.6
+
+
+def test_curves_of_another_grid_are_refused_with_the_file_named(tmp_path):
+    path = tmp_path / "curves-scratch.csv"
+    path.write_text("lr_transformer,lr_vision,step,val_dice,val_ap75,val_presence_auroc,train_loss\n"
+                    "0.001,0.001,100,0.2,0.0,0.7,4.0\n")
+    with pytest.raises(SystemExit, match=r"curves-scratch\.csv: columns .*another --out"):
+        se.read_curves(path, ["lr_transformer", "lr_language"])
 
 
 @pytest.mark.slow
