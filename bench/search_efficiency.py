@@ -413,7 +413,8 @@ def curves_table(curves: Curves, grid: Grid, max_t: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench_out/search_efficiency"),
-                        help="folder of the curves (curves-<init>.csv, reused), the data and the pretrained start")
+                        help="folder of the curves (curves-scratch.csv, curves-pretrained-N.csv; reused), the data "
+                             "and the pretrained start")
     parser.add_argument("--grid", nargs="+", help="the searched grid: NAME=V1,V2,... per float trial setting",
                         default=[f"{name}={','.join(f'{v:g}' for v in values)}" for name, values in GRID.items()])
     parser.add_argument("--init", choices=["scratch", "pretrained"], default="scratch",
@@ -455,11 +456,11 @@ def main(argv: list[str] | None = None) -> int:
                 random = replay_sweep(curves, "random", seed, args, Path(storage))
                 if args.show_trials:
                     print(trials_summary(random, args.grid), flush=True)
+                floor = asha_floor(random.order, curves, random.best()[0], args.steps, args.grace)
                 for metric in args.asha_metrics:
                     asha = replay_sweep(curves, f"asha+tpe:{metric}", seed, args, Path(storage))
                     if args.show_trials:
                         print(trials_summary(asha, args.grid), flush=True)
-                    floor = asha_floor(random.order, curves, random.best()[0], args.steps, args.grace)
                     rows.append(compare(random, asha, budget=args.samples * args.steps, floor=floor))
                     print(f"seed {seed}: {rows[-1]}", flush=True)
     finally:
