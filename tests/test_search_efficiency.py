@@ -129,3 +129,20 @@ def test_replayed_sweeps_run_through_the_sweeps_tune_config(tmp_path):
     measured = {d for rows in curves.values() for d in (r["val_dice"] for r in rows)}
     assert {dice for _, dice in random.reports + asha.reports} <= measured
     assert len(random.order) == 4 and set(random.order) <= set(curves)
+
+
+def test_train_keeps_the_final_weights_in_sams_native_format(synthetic_dataset, tmp_path):
+    """What ``--init pretrained`` starts every trial from: the pretraining run's last checkpoint, loadable."""
+    import torch
+
+    from trainables.checkpoint import load_native
+    from trainables.model import build_model
+
+    weights = tmp_path / "pretrained-2" / "model.pt"
+    rows = se.train({**synthetic_dataset.trial_fields(), "max_steps": 2, "val_every": 1,
+                     "cpu_threads_per_worker": 1}, keep=weights)
+    assert [r["step"] for r in rows] == [1.0, 2.0] and weights.is_file()
+    model = build_model("tiny", seed=se.DATA["seed"])
+    untrained = {k: v.clone() for k, v in model.state_dict().items()}
+    load_native(model, weights)  # strict: every tensor of the model, nothing else
+    assert any(not torch.equal(untrained[k], v) for k, v in model.state_dict().items())
