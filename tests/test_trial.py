@@ -1,7 +1,8 @@
 """One trial: the real SAM3 training loop (tiny preset, synthetic data), in-process and under Ray Train.
 
 Specification:
-- ``run_trial`` reports validation metrics and a resumable native checkpoint every ``val_every`` steps;
+- ``run_trial`` reports validation metrics and a resumable native checkpoint every ``val_every`` steps,
+  with the time split between training steps (``seconds_per_step``) and validation (``val_seconds``);
 - a run interrupted at a checkpoint and resumed ends bit-identical to an uninterrupted run (same step,
   learning rate, optimizer state and weights);
 - a non-finite loss stops the trial with ``diverged=True`` and no new checkpoint;
@@ -57,6 +58,11 @@ def test_a_trial_reports_every_val_every_steps_with_a_resumable_native_checkpoin
         for key in ("val_dice", "val_ap75", "val_presence_auroc", "train_loss", "train_loss_mask", "lr"):
             assert key in report and math.isfinite(report["train_loss"])
         assert report["diverged"] is False and 0.0 <= report["val_dice"] <= 1.0
+    # time split: training steps and validation passes are disjoint parts of the trial's elapsed time
+    first, second = recorder.reports
+    assert all(r["seconds_per_step"] > 0 and r["val_seconds"] > 0 for r in recorder.reports)
+    assert first["elapsed_s"] > 2 * first["seconds_per_step"] + first["val_seconds"]
+    assert second["elapsed_s"] - first["elapsed_s"] > 2 * second["seconds_per_step"] + second["val_seconds"]
     assert len(recorder.checkpoints) == 2
     native = safe_torch_load(recorder.checkpoints[-1] / MODEL_FILE)
     assert all(key.startswith("detector.") for key in native)

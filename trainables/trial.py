@@ -227,12 +227,14 @@ def run_trial(cfg: TrialConfig, *, rank: int = 0, world_size: int = 1, device: t
             window_parts[key] = window_parts.get(key, 0.0) + value
         if step % cfg.val_every == 0 or step == cfg.max_steps:
             seconds_per_step = (time.perf_counter() - step_time) / len(window)
+            val_start = time.perf_counter()
             metrics = validate(model, val_loader, evaluator, device)
+            val_seconds = time.perf_counter() - val_start  # forward, scoring and gather; not the checkpoint
             metrics.update(mean_over_ranks({f"train_{k}": v / len(window) for k, v in window_parts.items()}
                                            | {"train_loss": float(np.mean(window))}))
             metrics.update(step=step, epoch=step * accum / len(train_loader),
                            diverged=False, lr=scheduler.get_last_lr()[0], seconds_per_step=seconds_per_step,
-                           elapsed_s=time.perf_counter() - trial_start)
+                           val_seconds=val_seconds, elapsed_s=time.perf_counter() - trial_start)
             with tempfile.TemporaryDirectory() as tmp:
                 checkpoint = None
                 if rank == 0:
