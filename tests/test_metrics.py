@@ -259,6 +259,16 @@ def test_rle_masks_give_the_same_metrics_as_dense():
     assert all(same(a[k], b[k]) for k in a)
 
 
+def test_mask_layout_and_dtype_do_not_change_the_metrics():
+    dense = predictions(perfect())
+    column_major = [PromptPrediction(p.image_id, p.category_id, p.scores,
+                                     np.ascontiguousarray(p.masks.transpose(0, 2, 1)).transpose(0, 2, 1))
+                    for p in dense]
+    as_uint8 = [PromptPrediction(p.image_id, p.category_id, p.scores, p.masks.astype(np.uint8)) for p in dense]
+    a = evaluate(dense)
+    assert all(same(a[k], b[k]) for b in (evaluate(column_major), evaluate(as_uint8)) for k in a)
+
+
 def test_max_dets_per_prompt_keeps_the_top_queries():
     q = perfect()
     q[1, RCA] = [(rect(0, 2, 0, 2), 0.95)] * 100 + [(GT_MASKS[1, RCA], 0.9)]  # the right mask is query 101

@@ -296,7 +296,10 @@ def _encode(
     if isinstance(masks, np.ndarray):
         if masks.ndim != 3 or masks.shape[1:] != (height, width):
             raise ValueError(f"image {image_id}: masks of shape {masks.shape}, expected [Q, {height}, {width}]")
-        # one mask at a time: transposing a [Q, H, W] stack to Fortran order at once is ~2x slower
+        if masks.dtype == bool:
+            masks = masks.view(np.uint8)  # same bytes, no copy
+        # one mask at a time: transposing a [Q, H, W] stack to Fortran order at once is ~2x slower; a mask
+        # already column-major (trainables.evaluate's) is encoded in place
         return [mask_utils.encode(np.asfortranarray(masks[i], dtype=np.uint8)) for i in indices.tolist()]
     rles = [masks[i] for i in indices.tolist()]
     for rle in rles:
