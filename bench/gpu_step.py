@@ -1,7 +1,7 @@
 """The full SAM3 training step on one GPU: the trainable vs a bare sam3 loop, precisions, memory, Gloo DDP.
 
 Builds the ``full`` preset (sam3's own architecture, 840.5 M parameters, random init) and, on synthetic
-angiograms (one image x 14 CASS prompts per step), measures four things in one run:
+angiograms (one image x 14 CASS prompts per step), measures five things in one run:
 
 1. ``steps``: seconds per optimizer step (median of ``--steps`` after 2 warm-up steps) and peak memory of the
    trial's own ``train_step`` (sam3's native loss and matchers, prompt chunks, divergence vote, clipping,
@@ -11,14 +11,16 @@ angiograms (one image x 14 CASS prompts per step), measures four things in one r
 2. ``numerics``: loss and gradient relative error of tf32 and bf16 against fp32 (same weights and batch,
    dropout off).
 3. ``profile``: where the fastest configuration's step spends its time (torch.profiler, top operators).
-4. ``ddp``: 2 processes x Gloo on the one GPU (the users' 2-GPU Windows set-up, emulated): exposed gradient
+4. ``val``: the trial's validation pass on 512-px images, split into forward, predictions and CPU scoring, and
+   its share of trial time at Stage 2's ``val_every`` (per 100 validation images per worker).
+5. ``ddp``: 2 processes x Gloo on the one GPU (the users' 2-GPU Windows set-up, emulated): exposed gradient
    all-reduce per optimizer step (DDP step minus the same step under ``no_sync``) for fp32, a frozen text
    encoder and bf16 compression, against the single-process compute step.
 
 The reference bare-loop figures (``shared/reference/gpu_step_costs.md``, H200) are printed beside.
 ``--preset tiny`` runs everything on the CPU at 224/336 px as a dry run of the script.
 
-    python bench/gpu_step.py [--parts steps,numerics,profile,ddp] [--steps 5] [--only "672 bf16;1008"] [--out FILE]
+    python bench/gpu_step.py [--parts steps,numerics,profile,val,ddp] [--steps 5] [--only "672 bf16;1008"] [--out FILE]
 """
 
 from __future__ import annotations
@@ -304,6 +306,57 @@ def part_profile(bench: Bench, steps: int = 3) -> list[str]:
     return lines
 
 
+def part_val(bench: Bench, images: int, measured: dict) -> list[str]:
+    """The trial's validation pass (``trainables.evaluate.validate``) on ``images`` synthetic 512-px angiograms
+    at the low resolution, text frozen and cached (Stage 2's set-up), for fp32 and tf32 (the pass runs without
+    autocast, so bf16 trials validate as their matmul precision allows): seconds per image, split into forward,
+    predictions and CPU scoring, and the share of trial time at Stage 2's ``val_every`` per 100 validation
+    images on a worker, against the trainable step measured in this run (``steps`` part) for the same
+    configuration."""
+    import dataclasses
+
+    import yaml
+
+    from bench.eval_cost import PartTimer, timing_validation_parts
+    from data_prep.synthetic import generate_dataset
+    from trainables.data import build_loader
+    from trainables.evaluate import validate
+    from trainables.metrics import CassEvaluator
+
+    stage2 = Path(__file__).resolve().parents[1] / "sweeps" / "configs" / "stage2.yaml"
+    val_every = int(yaml.safe_load(stage2.read_text())["trial"]["val_every"])
+    data = generate_dataset(bench.tmp / "val512", n_train=1, n_val=images, size=512, seed=1)
+    resolution, rows = bench.resolutions[0], []
+    for precision in ("fp32", "tf32"):
+        cfg = dataclasses.replace(bench.configure(resolution, precision, "sam3", True, 14), **data.trial_fields())
+        loader = build_loader(cfg, "val")
+        evaluator = CassEvaluator(loader.dataset.coco_gt(), score_threshold=cfg.score_threshold)
+        validate(bench.model, loader, evaluator, bench.device)  # warm-up (kernels, allocator)
+        timer = PartTimer()
+        with timing_validation_parts(timer):
+            sync(bench.device)
+            start = time.perf_counter()
+            validate(bench.model, loader, evaluator, bench.device)
+            sync(bench.device)
+        seconds = time.perf_counter() - start
+        parts = timer.take()  # predictions_from_output waits for the forward's kernels (its .cpu() calls)
+        parts["forward"] = seconds - sum(parts.values())
+        per_image = {k: v / images for k, v in parts.items()}
+        step = measured.get((0, precision, "sam3", True, 14, "trainable"))
+        share = ""
+        if step:
+            val_s = 100 * seconds / images
+            share = f"{val_s / (val_s + val_every * step):.1%} (step {step:.3f} s)"
+        rows.append(f"| {label(resolution, precision, 'sam3', True, 14)} | {seconds / images:.3f} | "
+                    f"{per_image['forward']:.3f} | {per_image['predictions']:.3f} | {per_image['process']:.3f} | "
+                    f"{per_image['evaluate']:.3f} | {share or 'no step measured (run the steps part too)'} |")
+        print(rows[-1], flush=True)
+    header = [f"Validation pass, {images} synthetic 512x512 images x 14 prompts (seconds per image):", "",
+              "| configuration | total | forward | predictions | process | evaluate | share at val_every "
+              f"{val_every}, 100 validation images per worker |", "|---|---|---|---|---|---|---|"]
+    return header + rows
+
+
 # --- 2 processes x Gloo on one device ----------------------------------------------------------------------
 
 DDP_CONFIGS = [  # (name, frozen + cached text, gradient compression)
@@ -387,7 +440,8 @@ def part_ddp(preset: str, resolution: int, device: torch.device, steps: int, sin
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--parts", default="steps,numerics,profile,ddp")
+    parser.add_argument("--parts", default="steps,numerics,profile,val,ddp")
+    parser.add_argument("--val-images", type=int, default=8, help="val part: validation images")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--ddp-steps", type=int, default=3)
     parser.add_argument("--only", default=None, help="steps part: only configurations whose label contains one "
@@ -415,6 +469,8 @@ def main(argv: list[str] | None = None) -> int:
             sections.append("\n".join(part_numerics(bench)))
         if "profile" in parts:
             sections.append("\n".join(part_profile(bench)))
+        if "val" in parts:
+            sections.append("\n".join(part_val(bench, args.val_images, measured)))
         del bench
         if device.type == "cuda":
             torch.cuda.empty_cache()

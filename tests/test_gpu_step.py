@@ -1,0 +1,33 @@
+"""``bench/gpu_step.py``'s validation part, on its CPU dry run (``--preset tiny``; CI has no GPU).
+
+Specification: the part times the trial's own validation pass per image, split into forward, predictions and
+CPU scoring, for fp32 and tf32, and states validation's share of trial time at Stage 2's ``val_every``
+against the trainable step measured in the same run, or says that none was.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from bench import gpu_step
+
+STAGE2 = Path(__file__).resolve().parents[1] / "sweeps" / "configs" / "stage2.yaml"
+
+
+def test_val_part_splits_the_pass_and_states_its_share_against_the_measured_step(tmp_path):
+    bench = gpu_step.Bench("tiny", (224, 336), torch.device("cpu"), tmp_path)
+    measured = {(0, "fp32", "sam3", True, 14, "trainable"): 2.0}  # as the steps part records a 2 s step
+
+    rows = gpu_step.part_val(bench, images=2, measured=measured)
+
+    fp32, tf32 = (row.split(" | ") for row in rows[-2:])
+    total, forward, predictions, process, evaluate = (float(cell) for cell in fp32[1:6])
+    assert total > 0 and min(forward, predictions, process, evaluate) >= 0  # the timed parts fit in the pass
+    val_every = yaml.safe_load(STAGE2.read_text())["trial"]["val_every"]
+    share = float(fp32[6].split("%")[0]) / 100  # per 100 validation images on a worker
+    assert share == pytest.approx(100 * total / (100 * total + val_every * 2.0), abs=2e-3)
+    assert "no step measured" in tf32[6]
