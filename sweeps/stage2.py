@@ -29,7 +29,7 @@ from optuna.storages.journal import JournalFileBackend  # noqa: E402
 
 from data_prep.errors import InputError, run_cli  # noqa: E402
 from search_spaces import SearchSpec, load_search_spec  # noqa: E402
-from sweeps import ray_compat  # noqa: E402
+from sweeps import ray_compat, trial_retries  # noqa: E402
 from sweeps.config import METRIC, SECOND_OBJECTIVE, TIME_ATTR, SweepConfig, is_uri, load_sweep_config  # noqa: E402
 from sweeps.optuna_search import RAY_TRIAL_ID_ATTR, ResumableOptunaSearch  # noqa: E402
 from sweeps import wandb_summary  # noqa: E402
@@ -168,7 +168,7 @@ def default_train_loop() -> TrainLoop:
 def make_trial_function(cfg: SweepConfig, train_loop: TrainLoop) -> Callable[[dict], None]:
     """The Tune function trainable: one TorchTrainer run of ``train_loop`` per sampled ``config``."""
     from ray import tune
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -178,9 +178,13 @@ def make_trial_function(cfg: SweepConfig, train_loop: TrainLoop) -> Callable[[di
                                    checkpoint_score_order="max")
     failures = FailureConfig(max_failures=cfg.failure.max_failures)
     resources = {"CPU": base.cpu_threads_per_worker, **({"GPU": 1} if base.use_gpu else {})}
+    session = trial_retries.new_session()
 
     def sam3_trial(config: dict) -> None:
         trial = base.replace(**config)
+        run_name = f"{cfg.name}-{tune.get_context().get_trial_id()}"
+        gave_up = trial_retries.GiveUpMarker(train_storage, run_name, session)
+        gave_up.raise_if_recorded()  # Tune re-running a trial whose Train run used up its restarts
         trainer = TorchTrainer(
             train_loop,
             train_loop_config={"trial": trial.to_dict()},
@@ -188,11 +192,14 @@ def make_trial_function(cfg: SweepConfig, train_loop: TrainLoop) -> Callable[[di
                                          resources_per_worker=resources),
             torch_config=TorchConfig(backend=trial.backend),
             # Named after the Tune trial: a restored driver resumes this Train run from its checkpoint.
-            run_config=RunConfig(name=f"{cfg.name}-{tune.get_context().get_trial_id()}",
-                                 storage_path=train_storage, callbacks=[TuneReportCallback()],
+            run_config=RunConfig(name=run_name, storage_path=train_storage, callbacks=[TuneReportCallback()],
                                  checkpoint_config=checkpoints, failure_config=failures),
         )
-        trainer.fit()
+        try:
+            trainer.fit()
+        except TrainingFailedError as error:
+            gave_up.record(error)
+            raise
         ray_compat.wait_for_tune_report_queue_drained()
 
     return tune.with_resources(sam3_trial, ray_compat.TRIAL_DRIVER_RESOURCES)

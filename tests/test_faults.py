@@ -8,6 +8,8 @@ Every fault is injected from THIS file, never through a hook in production code:
   ``run_sweep`` with ``node_logging_loop``, a TEST STAND-IN loop (no model: the fault is in Ray's machinery);
 - a NaN loss in one trial of a sweep (the real loop): ``nan_injecting_train_loop`` wraps the real loop and
   makes sam3's loss NaN from step 3 on in the trial whose ``seed`` is ``NAN_SEED``;
+- a trial that fails on every attempt (out of memory at its setting, say): ``always_failing_loop``, a TEST
+  STAND-IN that raises at once: Train's and Tune's retries must not multiply;
 - an unwritable storage path (under a regular file; a read-only mount) and a full disk (a tiny tmpfs): the
   driver must exit 2 before Ray starts (mounts need root: skipped, saying so, without it).
 
@@ -152,6 +154,13 @@ def node_logging_loop(config: dict) -> None:
             Path(tmp, "state.json").write_text(json.dumps({"step": step}))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         log_event(log, event="report", run=run, node=node, step=step)
+
+
+def always_failing_loop(config: dict) -> None:
+    """TEST STAND-IN for the train loop: logs its start, then fails, every time (a setting that cannot train,
+    e.g. out of memory)."""
+    log_event(os.environ["FAULT_LOG"], event="start", run=ray.train.get_context().get_experiment_name())
+    raise RuntimeError("CUDA out of memory (injected)")
 
 
 def write_space(path: Path, params: dict, points: list[dict]) -> str:
@@ -337,6 +346,34 @@ class TestOnALocalRay:
         study = optuna.load_study(study_name=cfg.study_name, storage=journal_storage(cfg))
         assert sorted(t.user_attrs[RAY_TRIAL_ID_ATTR] for t in study.trials) == sorted(t.trial_id for t in trials)
         assert all(t.state == TrialState.COMPLETE for t in study.trials), [t.state for t in study.trials]
+
+    @pytest.mark.timeout(300)
+    def test_a_trial_that_fails_for_real_runs_max_failures_plus_one_times_and_again_on_resume(self, local_ray,
+                                                                                             tmp_path):
+        _, log = local_ray
+        space = write_space(tmp_path / "space.yaml", {"lr_transformer": {"type": "choice", "values": [1e-4]}},
+                            [{"lr_transformer": 1e-4}])
+        cfg = parse_sweep_config({
+            "name": "gives-up", "storage_path": str(tmp_path / "out"), "search_space": space,
+            "num_samples": 1, "max_concurrent_trials": 1,
+            "trial": {"max_steps": 2, "val_every": 1, "num_workers": 1, "cpu_threads_per_worker": 1},
+            "scheduler": {"grace_period": 2, "reduction_factor": 2}, "checkpoint": {"num_to_keep": 1},
+            "failure": {"max_failures": 1},
+        }, source="test")
+
+        def attempts() -> int:
+            return sum(e["event"] == "start" and e["run"].startswith(cfg.name + "-") for e in read_events(log))
+
+        outcome = run_sweep(cfg, load_search_spec(cfg.search_space), train_loop=always_failing_loop)
+        first = attempts()
+        resumed = run_sweep(cfg, load_search_spec(cfg.search_space), resume=True, train_loop=always_failing_loop)
+
+        print(f"failing trial: {first} attempts, {attempts() - first} more after --resume; errors {outcome.errors}")
+        assert first == 2, "Train's first attempt and its 1 restart; Tune's re-run must not start 2 more"
+        [(trial_id, error)] = outcome.errors.items()
+        assert "CUDA out of memory (injected)" in error
+        assert attempts() - first == 2, "--resume gives the errored trial its full budget again"
+        assert list(resumed.errors) == [trial_id]
 
     def test_a_local_ray_binds_its_dashboard_and_jobs_api_to_loopback_only(self, local_ray):
         url = ray._private.worker.get_dashboard_url()
