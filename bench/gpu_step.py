@@ -1,11 +1,12 @@
 """The full SAM3 training step on one GPU: the trainable vs a bare sam3 loop, precisions, memory, Gloo DDP.
 
 Builds the ``full`` preset (sam3's own architecture, 840.5 M parameters, random init) and, on synthetic
-angiograms (one image x 14 CASS prompts per step), measures five things in one run:
+angiograms (one image x 14 CASS prompts per step), measures six things in one run:
 
 1. ``steps``: seconds per optimizer step (median of ``--steps`` after 2 warm-up steps) and peak memory of the
    trial's own ``train_step`` (sam3's native loss and matchers, prompt chunks, divergence vote, clipping,
-   AdamW) and of a bare sam3 loop (forward, loss, backward, clip, AdamW: ``sam3/train/trainer.py``'s step)
+   fused AdamW) and of a bare sam3 loop (forward, loss, backward, clip, AdamW with torch's default implementation:
+   ``sam3/train/trainer.py``'s step)
    on the same model and batch, for fp32 / tf32 / bf16, sam3's activation checkpointing, the minimal one or none,
    text encoder trained or frozen with cached prompt embeddings, at 672 and 1008 px.
 2. ``numerics``: loss and gradient relative error of tf32 and bf16 against fp32 (same weights and batch,
@@ -13,14 +14,16 @@ angiograms (one image x 14 CASS prompts per step), measures five things in one r
 3. ``profile``: where the fastest configuration's step spends its time (torch.profiler, top operators).
 4. ``val``: the trial's validation pass on 512-px images, split into forward, predictions and CPU scoring, and
    its share of trial time at Stage 2's ``val_every`` (per 100 validation images per worker).
-5. ``ddp``: 2 processes x Gloo on the one GPU (the users' 2-GPU Windows set-up, emulated): exposed gradient
+5. ``optimizer``: one AdamW step, torch's default ``foreach`` implementation (sam3's trainer) vs the fused one
+   the trial uses.
+6. ``ddp``: 2 processes x Gloo on the one GPU (the users' 2-GPU Windows set-up, emulated): exposed gradient
    all-reduce per optimizer step (DDP step minus the same step under ``no_sync``) for fp32, a frozen text
    encoder and bf16 compression, against the single-process compute step.
 
 The reference bare-loop figures (``shared/reference/gpu_step_costs.md``, H200) are printed beside.
 ``--preset tiny`` runs everything on the CPU at 224/336 px as a dry run of the script.
 
-    python bench/gpu_step.py [--parts steps,numerics,profile,val,ddp] [--steps 5] [--only "672 bf16;1008"] [--out FILE]
+    python bench/gpu_step.py [--parts steps,numerics,profile,val,optimizer,ddp] [--steps 5] [--only "672 bf16;1008"] [--out FILE]
 """
 
 from __future__ import annotations
@@ -173,6 +176,45 @@ class Bench:
         return next(iter(build_loader(cfg, "train")))
 
 
+def sam3_optimizer(model, cfg) -> torch.optim.AdamW:
+    """The bare loop's optimizer: torch's AdamW with its default implementation (``foreach``), as sam3's trainer
+    instantiates it, over the trial's parameter groups (the trial's own is the fused one)."""
+    from trainables.optim import build_optimizer
+
+    return torch.optim.AdamW([{"params": g["params"], "lr": g["lr"], "weight_decay": g["weight_decay"]}
+                              for g in build_optimizer(model, cfg).param_groups])
+
+
+def part_optimizer(bench: Bench, steps: int) -> list[str]:
+    """One AdamW step over every trainable parameter (random gradients): the default ``foreach``
+    implementation (the baseline) vs the fused one the trial uses, alternating, median of ``steps``."""
+    from trainables.optim import build_optimizer
+
+    cfg = bench.configure(bench.resolutions[0], "fp32", "sam3", bench.frozen, 14)
+    for p in bench.model.parameters():
+        p.grad = torch.randn_like(p) if p.requires_grad else None
+    optimizers = {"foreach (torch's default, sam3's trainer)": sam3_optimizer(bench.model, cfg),
+                  "fused (the trial's)": build_optimizer(bench.model, cfg)}
+    times: dict[str, list[float]] = {name: [] for name in optimizers}
+    for _ in range(steps + 2):
+        for name, optimizer in optimizers.items():
+            sync(bench.device)
+            start = time.perf_counter()
+            optimizer.step()
+            sync(bench.device)
+            times[name].append(time.perf_counter() - start)
+    bench.model.zero_grad(set_to_none=True)
+    trainable = sum(p.numel() for p in bench.model.parameters() if p.requires_grad)
+    baseline = statistics.median(next(iter(times.values()))[2:])
+    rows = [f"AdamW step over {trainable / 1e6:.1f} M trainable parameters, median of {steps}:", "",
+            "| implementation | step | vs foreach |", "|---|---|---|"]
+    for name, measured in times.items():
+        median = statistics.median(measured[2:])
+        rows.append(f"| {name} | {median * 1e3:.1f} ms | {median / baseline:.2f}x |")
+    print("\n".join(rows), flush=True)
+    return rows
+
+
 def label(resolution: int, precision: str, checkpointing: str, frozen: bool, chunk: int) -> str:
     return (f"{resolution} {precision}, {checkpointing} ckpt{', text frozen+cached' if frozen else ''}"
             f"{f', chunk {chunk}' if chunk != 14 else ''}")
@@ -193,7 +235,7 @@ def part_steps(bench: Bench, steps: int, only: str | None) -> tuple[list[str], d
         cfg = bench.configure(resolution, precision, checkpointing, frozen, chunk)
         batch = bench.batch(cfg)
         loss_fn = build_loss(cfg, distributed=False)
-        optimizers = {kind: build_optimizer(bench.model, cfg) for kind in ("trainable", "bare")}
+        optimizers = {"trainable": build_optimizer(bench.model, cfg), "bare": sam3_optimizer(bench.model, cfg)}
         scheduler = build_scheduler(optimizers["trainable"], cfg)
         results = time_interleaved({
             "trainable": lambda: train_step(bench.model, [batch], loss_fn, optimizers["trainable"], scheduler, cfg)[0],
@@ -440,7 +482,7 @@ def part_ddp(preset: str, resolution: int, device: torch.device, steps: int, sin
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--parts", default="steps,numerics,profile,val,ddp")
+    parser.add_argument("--parts", default="steps,numerics,profile,val,optimizer,ddp")
     parser.add_argument("--val-images", type=int, default=8, help="val part: validation images")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--ddp-steps", type=int, default=3)
@@ -471,6 +513,8 @@ def main(argv: list[str] | None = None) -> int:
             sections.append("\n".join(part_profile(bench)))
         if "val" in parts:
             sections.append("\n".join(part_val(bench, args.val_images, measured)))
+        if "optimizer" in parts:
+            sections.append("\n".join(part_optimizer(bench, args.steps)))
         del bench
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -1,8 +1,11 @@
-"""``bench/gpu_step.py``'s validation part, on its CPU dry run (``--preset tiny``; CI has no GPU).
+"""``bench/gpu_step.py``'s validation and optimizer parts, on its CPU dry run (``--preset tiny``; CI has no GPU).
 
-Specification: the part times the trial's own validation pass per image, split into forward, predictions and
-CPU scoring, for fp32 and tf32, and states validation's share of trial time at Stage 2's ``val_every``
-against the trainable step measured in the same run, or says that none was.
+Specification:
+- the validation part times the trial's own validation pass per image, split into forward, predictions and
+  CPU scoring, for fp32 and tf32, and states validation's share of trial time at Stage 2's ``val_every``
+  against the trainable step measured in the same run, or says that none was;
+- the optimizer part times one AdamW step of torch's default implementation (the baseline) and of the
+  trial's fused one, and leaves no gradients behind.
 """
 
 from __future__ import annotations
@@ -18,8 +21,12 @@ from bench import gpu_step
 STAGE2 = Path(__file__).resolve().parents[1] / "sweeps" / "configs" / "stage2.yaml"
 
 
-def test_val_part_splits_the_pass_and_states_its_share_against_the_measured_step(tmp_path):
-    bench = gpu_step.Bench("tiny", (224, 336), torch.device("cpu"), tmp_path)
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    return gpu_step.Bench("tiny", (224, 336), torch.device("cpu"), tmp_path_factory.mktemp("gpu_step"))
+
+
+def test_val_part_splits_the_pass_and_states_its_share_against_the_measured_step(bench):
     measured = {(0, "fp32", "sam3", True, 14, "trainable"): 2.0}  # as the steps part records a 2 s step
 
     rows = gpu_step.part_val(bench, images=2, measured=measured)
@@ -31,3 +38,12 @@ def test_val_part_splits_the_pass_and_states_its_share_against_the_measured_step
     share = float(fp32[6].split("%")[0]) / 100  # per 100 validation images on a worker
     assert share == pytest.approx(100 * total / (100 * total + val_every * 2.0), abs=2e-3)
     assert "no step measured" in tf32[6]
+
+
+def test_optimizer_part_times_the_default_adamw_against_the_trials_fused_one(bench):
+    rows = gpu_step.part_optimizer(bench, steps=2)
+
+    foreach, fused = (row.split(" | ") for row in rows[-2:])
+    assert foreach[0].startswith("| foreach") and foreach[2] == "1.00x |"
+    assert fused[0].startswith("| fused") and float(fused[1].removesuffix(" ms")) > 0
+    assert all(p.grad is None for p in bench.model.parameters())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from trainables.config import TrialConfig
 from trainables.model import build_model
@@ -42,3 +43,21 @@ def test_three_learning_rates_and_no_decay_on_biases_and_norms():
     assert by_name["transformer_no_decay"]["lr"] == 3e-4
     assert by_name["transformer"]["weight_decay"] == 0.1 and by_name["vision_no_decay"]["weight_decay"] == 0.0
     assert all(p.ndim <= 1 for p in by_name["transformer_no_decay"]["params"])
+
+
+
+def test_the_optimizer_is_torchs_fused_adamw_and_steps_like_the_default_one():
+    cfg = TrialConfig(lr_vision=1e-3, lr_language=1e-3, lr_transformer=1e-3, weight_decay=0.1)
+    fused_model, default_model = build_model("tiny", seed=0), build_model("tiny", seed=0)
+    fused = build_optimizer(fused_model, cfg)
+    default = torch.optim.AdamW([{"params": g["params"], "lr": g["lr"], "weight_decay": g["weight_decay"]}
+                                 for g in build_optimizer(default_model, cfg).param_groups])  # same groups
+    assert fused.defaults["fused"] and not default.defaults["fused"]
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        for a, b in zip(fused_model.parameters(), default_model.parameters()):
+            a.grad = torch.randn(a.shape, generator=generator)
+            b.grad = a.grad.clone()
+        fused.step()
+        default.step()
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(fused_model.parameters(), default_model.parameters()))
