@@ -18,7 +18,7 @@ angiograms (one image x 14 CASS prompts per step), measures six things in one ru
    the trial uses.
 6. ``ddp``: 2 processes x Gloo on the one GPU (the users' 2-GPU Windows set-up, emulated): exposed gradient
    all-reduce per optimizer step (DDP step minus the same step under ``no_sync``) for fp32, a frozen text
-   encoder and bf16 compression, against the single-process compute step.
+   encoder, bf16 compression and 4 accumulated micro-batches, against the single-process compute step.
 
 The reference bare-loop figures (``shared/reference/gpu_step_costs.md``, H200) are printed beside.
 ``--preset tiny`` runs everything on the CPU at 224/336 px as a dry run of the script.
@@ -401,10 +401,11 @@ def part_val(bench: Bench, images: int, measured: dict) -> list[str]:
 
 # --- 2 processes x Gloo on one device ----------------------------------------------------------------------
 
-DDP_CONFIGS = [  # (name, frozen + cached text, gradient compression)
-    ("fp32 all-reduce, text trained", False, "none"),
-    ("fp32 all-reduce, text frozen+cached", True, "none"),
-    ("bf16 compression, text frozen+cached", True, "bf16"),
+DDP_CONFIGS = [  # (name, frozen + cached text, gradient compression, micro-batches per optimizer step)
+    ("fp32 all-reduce, text trained", False, "none", 1),
+    ("fp32 all-reduce, text frozen+cached", True, "none", 1),
+    ("bf16 compression, text frozen+cached", True, "bf16", 1),
+    ("fp32 all-reduce, text frozen+cached, accum 4", True, "none", 4),
 ]
 
 
@@ -424,8 +425,9 @@ def _ddp_worker(rank: int, port: int, preset: str, resolution: int, device_type:
         device = torch.device(device_type)
         bench = Bench(preset, (resolution, resolution), device, Path(tmp) / f"rank{rank}")
         rows = []
-        for name, frozen, compression in DDP_CONFIGS:
-            cfg = bench.configure(resolution, "fp32", "sam3", frozen, 14, grad_compression=compression)
+        for name, frozen, compression, accum in DDP_CONFIGS:
+            cfg = bench.configure(resolution, "fp32", "sam3", frozen, 14, grad_compression=compression,
+                                  grad_accum_steps=accum)
             batch = bench.batch(cfg)
             ddp = wrap_ddp(bench.model, device_ids=[0] if device.type == "cuda" else None)
             meter = CommMeter()
@@ -440,7 +442,7 @@ def _ddp_worker(rank: int, port: int, preset: str, resolution: int, device_type:
                     sync(device)
                     start = time.perf_counter()
                     with ddp.no_sync() if mode == "no_sync" else contextlib.nullcontext():
-                        train_step(ddp, [batch], loss_fn, optimizer, scheduler, cfg)
+                        train_step(ddp, [batch] * accum, loss_fn, optimizer, scheduler, cfg)
                     sync(device)
                     elapsed = torch.tensor([time.perf_counter() - start])
                     dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
@@ -468,12 +470,12 @@ def part_ddp(preset: str, resolution: int, device: torch.device, steps: int, sin
              f"{steps} steps after 1; exposed all-reduce = DDP step - the same step under no_sync (both ranks "
              f"share the device, so their compute is slower than one process's)",
              "| configuration | trainable params | DDP step | no_sync step | exposed all-reduce | single-process "
-             "compute step | all-reduce / compute, accum 1 | accum 4 |", "|---|---|---|---|---|---|---|---|"]
-    for row, (_, frozen, _) in zip(rows, DDP_CONFIGS):
+             "compute step | all-reduce / compute, as run | with accum 4 |", "|---|---|---|---|---|---|---|---|"]
+    for row, (_, frozen, _, accum) in zip(rows, DDP_CONFIGS):
         exposed = row["synced"] - row["no_sync"]
-        base = compute[frozen]
-        share1 = f"{exposed / base:.0%}" if base else ""
-        share4 = f"{exposed / (4 * base):.0%} (derived)" if base else ""
+        base = compute[frozen]  # one micro-batch; an optimizer step computes `accum` of them
+        share1 = f"{exposed / (accum * base):.0%}" if base else ""
+        share4 = ("(as run)" if accum == 4 else f"{exposed / (4 * base):.0%} (derived)") if base else ""
         lines.append(f"| {row['name']} | {row['trainable'] / 1e6:.1f} M | {row['synced']:.3f} s | "
                      f"{row['no_sync']:.3f} s | {exposed:.3f} s | {base or float('nan'):.3f} s | {share1} | {share4} |")
     print("\n".join(lines), flush=True)
