@@ -34,11 +34,11 @@ def trial_callbacks(cfg: SweepConfig) -> list:
     """
     if cfg.wandb.mode == "disabled":
         return []
-    from ray.air.integrations.wandb import WandbLoggerCallback
+    from sweeps import ray_compat
 
     os.environ["WANDB_MODE"] = cfg.wandb.mode
-    return [WandbLoggerCallback(project=cfg.wandb.project, group=cfg.name, mode=cfg.wandb.mode,
-                                upload_timeout=UPLOAD_TIMEOUT_S)]
+    return [ray_compat.wandb_logger_callback(project=cfg.wandb.project, group=cfg.name, mode=cfg.wandb.mode,
+                                             upload_timeout=UPLOAD_TIMEOUT_S)]
 
 
 def trials_rows(sweep: SweepResults) -> tuple[list[str], list[list[Any]]]:
