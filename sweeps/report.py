@@ -80,6 +80,19 @@ class TrialRecord:
         step = self.last("step")
         return 0 if math.isnan(step) else int(step)
 
+    @property
+    def validation_share(self) -> float:
+        """The share of the training loop's time spent validating: the reports' ``val_seconds`` over their
+        ``elapsed_s`` (which restarts from 0 when a run resumes, so each run's last value counts); nan when the
+        reports carry no timings."""
+        if "val_seconds" not in self.history or "elapsed_s" not in self.history:
+            return math.nan
+        timed = self.history[["val_seconds", "elapsed_s"]].dropna()
+        elapsed = timed["elapsed_s"].to_numpy()
+        run_ends = np.append(elapsed[1:] < elapsed[:-1], True)  # the last report before each restart, and the last
+        total = float(elapsed[run_ends].sum()) if len(elapsed) else 0.0
+        return float(timed["val_seconds"].sum()) / total if total > 0 else math.nan
+
     def best_report(self) -> pd.Series | None:
         """The report with the highest ``val_dice`` (None if it never validated)."""
         if METRIC not in self.history or self.history[METRIC].isna().all():
@@ -440,7 +453,8 @@ def _fmt(value: Any) -> str:
 def trials_table(sweep: SweepResults) -> str:
     """The trials as an HTML table, best first (Pareto trials marked)."""
     params = sorted({k for t in sweep.trials for k in t.params})
-    head = ["trial", "status", "steps", *params, METRIC, SECOND_OBJECTIVE, f"best {METRIC}", "Pareto"]
+    head = ["trial", "status", "steps", *params, METRIC, SECOND_OBJECTIVE, f"best {METRIC}", "Pareto",
+            "time validating"]
     best = sweep.best
     rows = []
     for t in sorted(sweep.trials, key=lambda t: -t.val_dice if _finite(t.val_dice) else math.inf):
@@ -448,7 +462,7 @@ def trials_table(sweep: SweepResults) -> str:
         cells = [t.trial_id + (" ★" if best is not None and t.trial_id == best.trial_id else ""), t.status,
                  t.steps, *[t.params.get(p, "") for p in params], t.val_dice, t.val_ap75,
                  math.nan if report is None else float(report[METRIC]), "yes" if t.trial_id in sweep.pareto_ids
-                 else ""]
+                 else "", "n/a" if math.isnan(t.validation_share) else f"{t.validation_share:.1%}"]
         rows.append("<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in cells) + "</tr>")
     header = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
     return f"<table>\n{header}\n" + "\n".join(rows) + "\n</table>"

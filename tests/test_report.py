@@ -68,7 +68,8 @@ def stand_in_train_loop(config: dict) -> None:
         metrics = {"val_dice": dice, "val_ap75": ap75, "val_ap": 0.9 * ap75, "val_ap50": min(1.0, 1.2 * ap75),
                    "val_presence_auroc": 0.5 + 0.4 * quality * progress, "train_loss": 3.0 / (1 + step * quality),
                    "train_loss_mask": 1.0 / step, "train_loss_dice": 0.5 / step, "step": step,
-                   "epoch": step / 4, "lr": trial["lr_transformer"], "seconds_per_step": 0.05, "diverged": False}
+                   "epoch": step / 4, "lr": trial["lr_transformer"], "seconds_per_step": 0.05, "diverged": False,
+                   "val_seconds": 0.02, "elapsed_s": 0.1 * step}
         for i, c in enumerate(CASS_CATEGORIES):
             value = math.nan if c.short_name == MISSING_CATEGORY else dice * (0.5 + i / 28)
             metrics[f"val_dice/{c.short_name}"] = value
@@ -159,6 +160,25 @@ def test_the_trials_table_shows_how_each_trial_ended(report, experiment):
     for t in sweep.trials:
         assert t.trial_id in text
     assert text.count("<td>COMPLETE</td>") == 2 and text.count("<td>PRUNED</td>") == 1
+
+
+def test_the_trials_table_shows_each_trials_time_spent_validating(report, experiment):
+    text = report.read_text()
+    assert "<th>time validating</th>" in text
+    # stand-in reports: 0.02 s of validation per 2 steps of 0.1 s elapsed each
+    assert text.count("<td>10.0%</td>") == 3
+
+
+def test_validation_share_counts_each_resumed_runs_time_once():
+    from sweeps.report import TrialRecord
+
+    def share(history: dict) -> float:
+        return TrialRecord("t", {}, "COMPLETE", pd.DataFrame(history)).validation_share
+
+    assert share({"val_seconds": [1.0, 1.0], "elapsed_s": [10.0, 20.0]}) == pytest.approx(2 / 20)
+    # resumed after step 2: elapsed_s restarts, so the first run's 20 s and the second's 15 s add up
+    assert share({"val_seconds": [1.0, 1.0, 1.0, 1.0], "elapsed_s": [10.0, 20.0, 5.0, 15.0]}) == pytest.approx(4 / 35)
+    assert math.isnan(share({"val_dice": [0.5]}))  # reports from before val_seconds existed
 
 
 def test_the_pareto_front_holds_both_trade_offs_and_the_best_has_the_highest_dice(experiment):
