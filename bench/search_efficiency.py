@@ -163,18 +163,20 @@ def pretrain(out: Path, steps: int, threads: int) -> Path:
     return weights
 
 
-def measure_curves(out: Path, grid: Grid, init: Path | None, steps: int, val_every: int, jobs: int,
-                   threads: int) -> Curves:
-    """Train every grid point missing from its curves file (``jobs`` at once), appending as each ends.
+def measure_curves(out: Path, grid: Grid, start: str, start_weights: Callable[[], Path | None], steps: int,
+                   val_every: int, jobs: int, threads: int) -> Curves:
+    """Train every grid point missing from its curves file, ``<out>/curves-<start>.csv`` (``jobs`` at once),
+    appending as each ends.
 
-    ``init``: the weights every point starts from, :func:`pretrain`'s (``<out>/curves-pretrained-N.csv``), or
-    None for random weights (``<out>/curves-scratch.csv``).
+    ``start``: ``scratch`` or ``pretrained-N``; ``start_weights``: gives the weights every point starts from
+    (None: random ones), called only when some point is missing (pretraining is not needed for cached curves).
     """
-    path = out / f"curves-{init.parent.name if init else 'scratch'}.csv"
+    path = out / f"curves-{start}.csv"
     curves = read_curves(path, list(grid))
     missing = [p for p in grid_points(grid) if max((r["step"] for r in curves.get(p, [])), default=0) < steps]
     if not missing:
         return curves
+    init = start_weights()
     common = {**dataset(out / "data", DATA), "max_steps": steps, "val_every": val_every,
               "cpu_threads_per_worker": threads, "checkpoint": str(init) if init else None}
     print(f"training {len(missing)} grid point(s) x {steps} steps, {jobs} at once, {threads} thread(s) each "
@@ -378,7 +380,9 @@ def results_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
             lines.append(f"| {metric} | {r['seed']} | {r['target']:.3f} | {r['random_steps']} | {reached} "
                          f"| {r['asha_trials']}, {r['asha_best']:.3f} | {r['ratio']:.2f} | {r['floor_ratio']:.2f} "
                          f"| {dice(r['random_third'])}, {dice(r['asha_third'])} |")
-        lines.append(f"| {metric} | median | | | | | **{ratio:.2f}** | | |")
+        better, equal, worse = equal_budget_tally([r for r in rows if asha_metric(r["method"]) == metric])
+        lines.append(f"| {metric} | median | | | | | **{ratio:.2f}** | | ASHA+TPE higher in {better}, equal in "
+                     f"{equal}, lower in {worse} |")
     lines.append(f"\nBudget per sweep: {args.samples} x {args.steps} = {args.samples * args.steps} trial-steps "
                  f"(random: {args.samples} trials to the end; ASHA + TPE: up to "
                  f"{args.samples * args.asha_samples_factor} trials within the same steps); ASHA grace {args.grace}, "
@@ -389,6 +393,24 @@ def results_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
 def dice(value: float) -> str:
     """A val Dice for the table; "none" when nothing was reported."""
     return f"{value:.3f}" if math.isfinite(value) else "none"
+
+
+def equal_budget_tally(rows: list[dict[str, Any]]) -> tuple[int, int, int]:
+    """Seeds where ASHA + TPE's best val Dice within 1/3 of the budget is higher than, equal to (to 1e-9, or
+    both none) and lower than random's: the equal-budget comparison."""
+    def best(value: float) -> float:
+        return value if math.isfinite(value) else -math.inf
+
+    higher = equal = lower = 0
+    for r in rows:
+        asha, random = best(r["asha_third"]), best(r["random_third"])
+        if asha > random + 1e-9:
+            higher += 1
+        elif asha < random - 1e-9:
+            lower += 1
+        else:
+            equal += 1
+    return higher, equal, lower
 
 
 def median_ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -440,8 +462,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
     args.out.mkdir(parents=True, exist_ok=True)
 
-    init = pretrain(args.out, args.pretrain_steps, args.jobs * args.threads) if args.init == "pretrained" else None
-    curves = measure_curves(args.out, args.grid, init, args.steps, args.val_every, args.jobs, args.threads)
+    pretrained = args.init == "pretrained"
+    curves = measure_curves(
+        args.out, args.grid, f"pretrained-{args.pretrain_steps}" if pretrained else "scratch",
+        lambda: pretrain(args.out, args.pretrain_steps, args.jobs * args.threads) if pretrained else None,
+        args.steps, args.val_every, args.jobs, args.threads)
     print(curves_table(curves, args.grid, args.steps), flush=True)
 
     import ray

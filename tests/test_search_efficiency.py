@@ -77,6 +77,12 @@ def test_median_ratio_per_asha_metric():
     assert se.median_ratios(rows) == {"val_dice": 0.5, "val_presence_auroc": 0.1}
 
 
+def test_equal_budget_tally_counts_seeds_where_asha_found_more_the_same_or_less_within_a_third():
+    rows = [{"asha_third": a, "random_third": r} for a, r in
+            ((0.6, 0.5), (0.5, 0.5), (0.4, 0.5), (0.3, math.nan), (math.nan, math.nan), (math.nan, 0.2))]
+    assert se.equal_budget_tally(rows) == (2, 2, 2)
+
+
 def test_grid_option_names_float_trial_settings():
     grid = se.parse_grid(["lr_transformer=1e-4,3e-4", "lr_vision=1e-3"])
     assert grid == {"lr_transformer": [1e-4, 3e-4], "lr_vision": [1e-3]}
@@ -94,6 +100,19 @@ def test_read_curves_groups_rows_by_grid_point(tmp_path):
     curves = se.read_curves(path, ["lr_transformer", "lr_vision"])
     assert [r["step"] for r in curves[(1e-3, 1e-3)]] == [100.0, 200.0]
     assert curves[(1e-4, 1e-3)][0]["val_presence_auroc"] == 0.6
+
+
+def test_complete_cached_curves_need_no_start_model(tmp_path):
+    (tmp_path / "curves-pretrained-800.csv").write_text(
+        "lr_transformer,lr_vision,step,val_dice,val_ap75,val_presence_auroc,train_loss\n"
+        "0.001,0.001,100,0.2,0.0,0.7,4.0\n0.001,0.001,200,0.5,0.1,0.9,3.0\n")
+
+    def no_pretraining():
+        raise AssertionError("pretrained although every curve was cached")
+
+    curves = se.measure_curves(tmp_path, {"lr_transformer": [1e-3], "lr_vision": [1e-3]}, "pretrained-800",
+                               no_pretraining, steps=200, val_every=100, jobs=1, threads=1)
+    assert [r["val_dice"] for r in curves[(1e-3, 1e-3)]] == [0.2, 0.5]
 
 
 def test_curves_of_another_grid_are_refused_with_the_file_named(tmp_path):
