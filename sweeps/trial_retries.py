@@ -48,7 +48,7 @@ class GiveUpMarker:
         if is_uri(self.storage):
             fs, root = pyarrow.fs.FileSystem.from_uri(self.storage)
         else:
-            fs, root = pyarrow.fs.LocalFileSystem(), str(Path(self.storage).resolve())
+            fs, root = pyarrow.fs.LocalFileSystem(), Path(self.storage).resolve().as_posix()  # pyarrow's separators
         return fs, f"{root}/{self.run_name}.gave-up-{self.session}"
 
     def record(self, error: BaseException) -> None:
