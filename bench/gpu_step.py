@@ -158,8 +158,7 @@ class Bench:
             self.data[resolution] = generate_dataset(self.tmp / f"d{resolution}", n_train=4, n_val=1,
                                                      size=resolution, seed=0)
         data = self.data[resolution]
-        cfg = TrialConfig(train_json=str(data.train_json), val_json=str(data.val_json),
-                          images_dir=str(data.images_dir), preset=self.preset, resolution=resolution,
+        cfg = TrialConfig(**data.trial_fields(), preset=self.preset, resolution=resolution,
                           precision=precision, activation_checkpointing=checkpointing, freeze_text_encoder=frozen,
                           category_chunk_size=chunk, grad_clip=0.1, warmup_steps=0, **extra)
         if self.frozen and not frozen:  # the trial never unfreezes, so neither does the bench
@@ -359,7 +358,7 @@ def part_val(bench: Bench, images: int, measured: dict) -> list[str]:
 
     import yaml
 
-    from bench.eval_cost import PartTimer, timing_validation_parts
+    from bench.eval_cost import PartTimer, timing_validation_parts, validation_parts, validation_share
     from data_prep.synthetic import generate_dataset
     from trainables.data import build_loader
     from trainables.evaluate import validate
@@ -381,14 +380,12 @@ def part_val(bench: Bench, images: int, measured: dict) -> list[str]:
             validate(bench.model, loader, evaluator, bench.device)
             sync(bench.device)
         seconds = time.perf_counter() - start
-        parts = timer.take()  # predictions_from_output waits for the forward's kernels (its .cpu() calls)
-        parts["forward"] = seconds - sum(parts.values())
+        parts = validation_parts(timer, seconds)  # predictions_from_output's .cpu() waits for the forward
         per_image = {k: v / images for k, v in parts.items()}
         step = measured.get((0, precision, "sam3", True, 14, "trainable"))
         share = ""
         if step:
-            val_s = 100 * seconds / images
-            share = f"{val_s / (val_s + val_every * step):.1%} (step {step:.3f} s)"
+            share = f"{validation_share(100 * seconds / images, val_every, step):.1%} (step {step:.3f} s)"
         rows.append(f"| {label(resolution, precision, 'sam3', True, 14)} | {seconds / images:.3f} | "
                     f"{per_image['forward']:.3f} | {per_image['predictions']:.3f} | {per_image['process']:.3f} | "
                     f"{per_image['evaluate']:.3f} | {share or 'no step measured (run the steps part too)'} |")
