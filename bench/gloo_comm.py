@@ -268,8 +268,7 @@ def main() -> None:
             from data_prep.synthetic import generate_dataset
 
             data = generate_dataset(Path(tmp) / "synthetic", n_train=16, n_val=2, size=224, seed=0)
-            paths = dict(train_json=str(data.train_json), val_json=str(data.val_json),
-                         images_dir=str(data.images_dir))
+            paths = data.trial_fields()
             out = str(Path(tmp) / "steps.pt")
             mp.spawn(_step_worker, args=(free_port(), paths, args.steps, args.warmup, out), nprocs=WORLD,
                      join=True)

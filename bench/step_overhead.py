@@ -31,8 +31,7 @@ from bench.common import append_benchmark, machine_description  # noqa: E402
 def trial_config(args, dataset):
     from trainables.config import TrialConfig
 
-    return TrialConfig(train_json=str(dataset.train_json), val_json=str(dataset.val_json),
-                       images_dir=str(dataset.images_dir), preset=args.preset, resolution=args.resolution,
+    return TrialConfig(**dataset.trial_fields(), preset=args.preset, resolution=args.resolution,
                        max_steps=args.steps, val_every=args.val_every, warmup_steps=2, num_workers=1,
                        lr_transformer=1e-4, lr_vision=1e-4, lr_language=1e-4, use_gpu=args.gpu,
                        cpu_threads_per_worker=args.threads, val_max_images=2)

@@ -44,8 +44,7 @@ PROMPTS = ["proximal rca", "mid lad", "distal lcx"]
 
 
 def config(dataset, **overrides) -> TrialConfig:
-    values = dict(train_json=str(dataset.train_json), val_json=str(dataset.val_json),
-                  images_dir=str(dataset.images_dir), lr_transformer=1e-3, lr_vision=1e-3, lr_language=1e-3,
+    values = dict(**dataset.trial_fields(), lr_transformer=1e-3, lr_vision=1e-3, lr_language=1e-3,
                   warmup_steps=2, grad_clip=1.0, category_chunk_size=14, cpu_threads_per_worker=1, num_workers=1)
     values.update(overrides)
     return TrialConfig.from_dict(values)
@@ -259,8 +258,7 @@ def _comm_worker(rank: int, port: int, paths: dict[str, str], out_dir: str) -> N
 
 @pytest.mark.slow
 def test_bf16_compression_and_accumulation_under_two_gloo_ranks(synthetic_dataset, tmp_path):
-    paths = dict(train_json=str(synthetic_dataset.train_json), val_json=str(synthetic_dataset.val_json),
-                 images_dir=str(synthetic_dataset.images_dir))
+    paths = synthetic_dataset.trial_fields()
     mp.spawn(_comm_worker, args=(free_port(), paths, str(tmp_path)), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     local = ranks[0]["gathered"]

@@ -320,8 +320,7 @@ def test_val_max_images_limits_validation_to_the_first_images_over_all_ranks(syn
     from trainables.config import TrialConfig
     from trainables.data import build_loader
 
-    cfg = TrialConfig(train_json=str(synthetic_dataset.train_json), val_json=str(synthetic_dataset.val_json),
-                      images_dir=str(synthetic_dataset.images_dir), val_max_images=3)
+    cfg = TrialConfig(**synthetic_dataset.trial_fields(), val_max_images=3)
     seen = [list(build_loader(cfg, "val", rank=r, world_size=2).sampler) for r in (0, 1)]
     assert seen == [[0, 2], [1]]
 

@@ -204,8 +204,7 @@ class TestOnALocalRay:
         from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchConfig, TorchTrainer
 
-        cfg = TrialConfig(train_json=str(synthetic_dataset.train_json), val_json=str(synthetic_dataset.val_json),
-                          images_dir=str(synthetic_dataset.images_dir), max_steps=4, val_every=2, num_workers=2,
+        cfg = TrialConfig(**synthetic_dataset.trial_fields(), max_steps=4, val_every=2, num_workers=2,
                           **FAST)
         log, marker = tmp_path / "events.jsonl", tmp_path / "killed"
         trainer = TorchTrainer(
@@ -246,8 +245,7 @@ class TestOnALocalRay:
         cfg = parse_sweep_config({
             "name": "nan-sweep", "storage_path": str(tmp_path / "out"), "search_space": space,
             "num_samples": 2, "max_concurrent_trials": 2,
-            "trial": {"train_json": str(synthetic_dataset.train_json), "val_json": str(synthetic_dataset.val_json),
-                      "images_dir": str(synthetic_dataset.images_dir), "max_steps": 4, "val_every": 2,
+            "trial": {**synthetic_dataset.trial_fields(), "max_steps": 4, "val_every": 2,
                       "num_workers": 1, **FAST},
             "scheduler": {"grace_period": 4, "reduction_factor": 2},  # ASHA stops no trial: only the NaN does
             "checkpoint": {"num_to_keep": 1}, "failure": {"max_failures": 1},

@@ -113,8 +113,7 @@ def export_dir(synthetic_dataset, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("export")
     save_native(build_model("tiny", seed=0), out / "model.pt")
-    cfg = TrialConfig(train_json=str(synthetic_dataset.train_json), val_json=str(synthetic_dataset.val_json),
-                      images_dir=str(synthetic_dataset.images_dir), preset="tiny", resolution=224,
+    cfg = TrialConfig(**synthetic_dataset.trial_fields(), preset="tiny", resolution=224,
                       score_threshold=0.0)  # threshold 0: every query is kept, so predictions are visible
     (out / "trial_config.json").write_text(json.dumps(cfg.to_dict()))
     (out / "metrics.json").write_text(json.dumps({"val_dice": 0.0}))

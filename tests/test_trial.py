@@ -29,8 +29,7 @@ FAST = dict(lr_transformer=1e-3, lr_vision=1e-3, lr_language=1e-3, warmup_steps=
 
 
 def trial_config(dataset, **overrides) -> TrialConfig:
-    values = dict(train_json=str(dataset.train_json), val_json=str(dataset.val_json),
-                  images_dir=str(dataset.images_dir), **FAST)
+    values = dict(**dataset.trial_fields(), **FAST)
     values.update(overrides)
     return TrialConfig.from_dict(values)
 

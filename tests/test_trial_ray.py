@@ -26,8 +26,7 @@ def ray_two_cpus():
 
 def test_two_gloo_workers_train_one_trial_report_dice_and_ap75_and_checkpoint(ray_two_cpus, synthetic_dataset,
                                                                             tmp_path):
-    cfg = TrialConfig(train_json=str(synthetic_dataset.train_json), val_json=str(synthetic_dataset.val_json),
-                      images_dir=str(synthetic_dataset.images_dir), max_steps=12, val_every=4, warmup_steps=2,
+    cfg = TrialConfig(**synthetic_dataset.trial_fields(), max_steps=12, val_every=4, warmup_steps=2,
                       lr_transformer=1e-3, lr_vision=1e-3, lr_language=1e-3, grad_clip=1.0, num_workers=2)
     trainer = TorchTrainer(
         train_loop_per_worker,
