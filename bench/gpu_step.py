@@ -305,14 +305,23 @@ def part_numerics(bench: Bench) -> list[str]:
     return rows
 
 
-def part_profile(bench: Bench, steps: int = 3) -> list[str]:
+def fastest_measured(measured: dict, frozen: bool) -> tuple:
+    """The configuration whose trainable step was fastest in the ``steps`` part, else ``FASTEST``; once the
+    text encoder is ``frozen``, only among the frozen ones (it cannot be trained again)."""
+    trainable = {key[:-1]: seconds for key, seconds in measured.items()
+                 if key[-1] == "trainable" and (key[3] or not frozen)}
+    return min(trainable, key=trainable.get) if trainable else FASTEST
+
+
+def part_profile(bench: Bench, config: tuple = FASTEST, steps: int = 3) -> list[str]:
+    """Where ``config``'s trainable step spends its time: torch.profiler over ``steps`` steps after one."""
     from torch.profiler import ProfilerActivity, profile
 
     from trainables.loss import build_loss
     from trainables.optim import build_optimizer, build_scheduler
     from trainables.trial import train_step
 
-    index, precision, checkpointing, frozen, chunk = FASTEST
+    index, precision, checkpointing, frozen, chunk = config
     cfg = bench.configure(bench.resolutions[index], precision, checkpointing, frozen, chunk)
     batch = bench.batch(cfg)
     loss_fn = build_loss(cfg, distributed=False)
@@ -330,9 +339,9 @@ def part_profile(bench: Bench, steps: int = 3) -> list[str]:
     events = prof.key_averages()
     device_key = "self_device_time_total" if bench.device.type == "cuda" else "self_cpu_time_total"
     device_total = sum(getattr(e, device_key, 0) for e in events) / steps / 1e6
-    lines = [f"{label(bench.resolutions[index], *FASTEST[1:])}: {wall:.3f} s/step "
-             f"under the profiler; GPU kernel time {device_total:.3f} s/step "
-             f"({device_total / wall:.0%} of the step)" if bench.device.type == "cuda" else f"{wall:.3f} s/step"]
+    kernels = (f"; GPU kernel time {device_total:.3f} s/step ({device_total / wall:.0%} of the step)"
+               if bench.device.type == "cuda" else "")
+    lines = [f"{label(bench.resolutions[index], *config[1:])}: {wall:.3f} s/step under the profiler{kernels}"]
     syncs = {e.key: e.count // steps for e in events
              if e.key in ("cudaStreamSynchronize", "cudaDeviceSynchronize", "aten::_local_scalar_dense",
                           "aten::item", "cudaMemcpyAsync")}
@@ -501,27 +510,30 @@ def main(argv: list[str] | None = None) -> int:
     sections = [f"{name}, torch {torch.__version__}, {args.preset} preset, {time.strftime('%Y-%m-%d')}"]
     print(sections[0], flush=True)
     measured: dict = {}
+
+    def add(lines: list[str]) -> None:  # each part's table reaches --out as soon as it is measured
+        sections.append("\n".join(lines))
+        if args.out:
+            args.out.write_text("\n\n".join(sections) + "\n")
+
     with tempfile.TemporaryDirectory() as tmp:
         bench = Bench(args.preset, resolutions, device, Path(tmp))
         if "steps" in parts:
             rows, measured = part_steps(bench, args.steps, args.only)
-            sections.append("\n".join(rows))
+            add(rows)
         if "numerics" in parts:
-            sections.append("\n".join(part_numerics(bench)))
+            add(part_numerics(bench))
         if "profile" in parts:
-            sections.append("\n".join(part_profile(bench)))
+            add(part_profile(bench, fastest_measured(measured, bench.frozen)))
         if "val" in parts:
-            sections.append("\n".join(part_val(bench, args.val_images, measured)))
+            add(part_val(bench, args.val_images, measured))
         if "optimizer" in parts:
-            sections.append("\n".join(part_optimizer(bench, args.steps)))
+            add(part_optimizer(bench, args.steps))
         del bench
         if device.type == "cuda":
             torch.cuda.empty_cache()
         if "ddp" in parts:
-            sections.append("\n".join(part_ddp(args.preset, resolutions[0], device, args.ddp_steps, measured,
-                                               Path(tmp))))
-    if args.out:
-        args.out.write_text("\n\n".join(sections) + "\n")
+            add(part_ddp(args.preset, resolutions[0], device, args.ddp_steps, measured, Path(tmp)))
     return 0
 
 

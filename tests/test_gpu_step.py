@@ -47,3 +47,12 @@ def test_optimizer_part_times_the_default_adamw_against_the_trials_fused_one(ben
     assert foreach[0].startswith("| foreach") and foreach[2] == "1.00x |"
     assert fused[0].startswith("| fused") and float(fused[1].removesuffix(" ms")) > 0
     assert all(p.grad is None for p in bench.model.parameters())
+
+
+def test_profile_part_profiles_the_fastest_configuration_the_steps_part_measured():
+    measured = {(0, "bf16", "minimal", True, 14, "trainable"): 0.31, (0, "bf16", "none", True, 14, "bare"): 0.20,
+                (0, "bf16", "none", True, 14, "trainable"): 0.27, (0, "tf32", "sam3", False, 14, "trainable"): 0.1}
+
+    assert gpu_step.fastest_measured(measured, frozen=True) == (0, "bf16", "none", True, 14)
+    assert gpu_step.fastest_measured(measured, frozen=False) == (0, "tf32", "sam3", False, 14)
+    assert gpu_step.fastest_measured({}, frozen=True) == gpu_step.FASTEST
