@@ -12,8 +12,9 @@ angiograms (one image x 14 CASS prompts per step), measures six things in one ru
 2. ``numerics``: loss and gradient relative error of tf32 and bf16 against fp32 (same weights and batch,
    dropout off).
 3. ``profile``: where the fastest configuration's step spends its time (torch.profiler, top operators).
-4. ``val``: the trial's validation pass on 512-px images, split into forward, predictions and CPU scoring, and
-   its share of trial time at Stage 2's ``val_every`` (per 100 validation images per worker).
+4. ``val``: the trial's validation pass on 512-px images, one and several images per forward
+   (``val_batch_size``), split into forward, predictions and CPU scoring, its peak memory, and its share of
+   trial time at Stage 2's ``val_every`` (per 100 validation images per worker).
 5. ``optimizer``: one AdamW step, torch's default ``foreach`` implementation (sam3's trainer) vs the fused one
    the trial uses.
 6. ``ddp``: 2 processes x Gloo on the one GPU (the users' 2-GPU Windows set-up, emulated): exposed gradient
@@ -356,13 +357,13 @@ def part_profile(bench: Bench, config: tuple = FASTEST, steps: int = 3) -> list[
     return lines
 
 
-def part_val(bench: Bench, images: int, measured: dict) -> list[str]:
+def part_val(bench: Bench, images: int, measured: dict, batch_sizes: tuple[int, ...] = (1,)) -> list[str]:
     """The trial's validation pass (``trainables.evaluate.validate``) on ``images`` synthetic 512-px angiograms
     at the low resolution, text frozen and cached (Stage 2's set-up), for fp32 and tf32 (the pass runs without
-    autocast, so bf16 trials validate as their matmul precision allows): seconds per image, split into forward,
-    predictions and CPU scoring, and the share of trial time at Stage 2's ``val_every`` per 100 validation
-    images on a worker, against the trainable step measured in this run (``steps`` part) for the same
-    configuration."""
+    autocast, so bf16 trials validate as their matmul precision allows) and each ``val_batch_size`` in
+    ``batch_sizes``: seconds per image, split into forward, predictions and CPU scoring, the pass's peak
+    memory, and the share of trial time at Stage 2's ``val_every`` per 100 validation images on a worker,
+    against the trainable step measured in this run (``steps`` part) for the same configuration."""
     import dataclasses
 
     import yaml
@@ -378,30 +379,34 @@ def part_val(bench: Bench, images: int, measured: dict) -> list[str]:
     data = generate_dataset(bench.tmp / "val512", n_train=1, n_val=images, size=512, seed=1)
     resolution, rows = bench.resolutions[0], []
     for precision in ("fp32", "tf32"):
-        cfg = dataclasses.replace(bench.configure(resolution, precision, "sam3", True, 14), **data.trial_fields())
-        loader = build_loader(cfg, "val")
-        evaluator = CassEvaluator(loader.dataset.coco_gt(), score_threshold=cfg.score_threshold)
-        validate(bench.model, loader, evaluator, bench.device)  # warm-up (kernels, allocator)
-        timer = PartTimer()
-        with timing_validation_parts(timer):
-            sync(bench.device)
-            start = time.perf_counter()
-            validate(bench.model, loader, evaluator, bench.device)
-            sync(bench.device)
-        seconds = time.perf_counter() - start
-        parts = validation_parts(timer, seconds)  # predictions_from_output's .cpu() waits for the forward
-        per_image = {k: v / images for k, v in parts.items()}
-        step = measured.get((0, precision, "sam3", True, 14, "trainable"))
-        share = ""
-        if step:
-            share = f"{validation_share(100 * seconds / images, val_every, step):.1%} (step {step:.3f} s)"
-        rows.append(f"| {label(resolution, precision, 'sam3', True, 14)} | {seconds / images:.3f} | "
-                    f"{per_image['forward']:.3f} | {per_image['predictions']:.3f} | {per_image['process']:.3f} | "
-                    f"{per_image['evaluate']:.3f} | {share or 'no step measured (run the steps part too)'} |")
-        print(rows[-1], flush=True)
+        for batch_size in batch_sizes:
+            cfg = dataclasses.replace(bench.configure(resolution, precision, "sam3", True, 14),
+                                      **data.trial_fields(), val_batch_size=batch_size)
+            loader = build_loader(cfg, "val")
+            evaluator = CassEvaluator(loader.dataset.coco_gt(), score_threshold=cfg.score_threshold)
+            validate(bench.model, loader, evaluator, bench.device)  # warm-up (kernels, allocator)
+            timer = PartTimer()
+            reset_peak(bench.device)
+            with timing_validation_parts(timer):
+                sync(bench.device)
+                start = time.perf_counter()
+                validate(bench.model, loader, evaluator, bench.device)
+                sync(bench.device)
+            seconds = time.perf_counter() - start
+            parts = validation_parts(timer, seconds)  # predictions_from_output's .cpu() waits for the forward
+            per_image = {k: v / images for k, v in parts.items()}
+            step = measured.get((0, precision, "sam3", True, 14, "trainable"))
+            share = "no step measured (run the steps part too)"
+            if step:
+                share = f"{validation_share(100 * seconds / images, val_every, step):.1%} (step {step:.3f} s)"
+            rows.append(f"| {label(resolution, precision, 'sam3', True, 14)} | {batch_size} | {seconds / images:.3f} | "
+                        f"{per_image['forward']:.3f} | {per_image['predictions']:.3f} | {per_image['process']:.3f} | "
+                        f"{per_image['evaluate']:.3f} | {peak_gib(bench.device):.1f} GiB | {share} |")
+            print(rows[-1], flush=True)
     header = [f"Validation pass, {images} synthetic 512x512 images x 14 prompts (seconds per image):", "",
-              "| configuration | total | forward | predictions | process | evaluate | share at val_every "
-              f"{val_every}, 100 validation images per worker |", "|---|---|---|---|---|---|---|"]
+              "| configuration | images per forward | total | forward | predictions | process | evaluate | peak "
+              f"(weights included) | share at val_every {val_every}, 100 validation images per worker |",
+              "|---|---|---|---|---|---|---|---|---|"]
     return header + rows
 
 
@@ -492,6 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--parts", default="steps,numerics,profile,val,optimizer,ddp")
     parser.add_argument("--val-images", type=int, default=8, help="val part: validation images")
+    parser.add_argument("--val-batch-sizes", default="1,4", help="val part: images per validation forward, ','-separated")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--ddp-steps", type=int, default=3)
     parser.add_argument("--only", default=None, help="steps part: only configurations whose label contains one "
@@ -526,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
         if "profile" in parts:
             add(part_profile(bench, fastest_measured(measured, bench.frozen)))
         if "val" in parts:
-            add(part_val(bench, args.val_images, measured))
+            add(part_val(bench, args.val_images, measured, tuple(int(b) for b in args.val_batch_sizes.split(","))))
         if "optimizer" in parts:
             add(part_optimizer(bench, args.steps))
         del bench

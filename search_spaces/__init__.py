@@ -33,7 +33,8 @@ from trainables.config import TrialConfig
 #: Fields a sweep fixes: ASHA's ``max_t`` and truncation detection use ``max_steps``; resources and data
 #: are per sweep.
 NOT_SEARCHABLE = frozenset({"train_json", "val_json", "images_dir", "checkpoint", "max_steps", "num_workers",
-                            "use_gpu", "backend", "cpu_threads_per_worker", "val_every", "val_max_images"})
+                            "use_gpu", "backend", "cpu_threads_per_worker", "val_every", "val_max_images",
+                            "val_batch_size"})
 _RANGE_TYPES = {"uniform": ("low", "high"), "loguniform": ("low", "high"), "quniform": ("low", "high", "q"),
                 "randint": ("low", "high"), "qrandint": ("low", "high", "q")}
 _INT_TYPES = {"randint", "qrandint"}

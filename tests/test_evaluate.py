@@ -54,3 +54,31 @@ def test_masks_are_the_resized_logits_above_zero_at_the_original_size_in_column_
         undecided = np.abs(resized) < 1e-5  # resizing the transpose rounds differently in the last bits
         assert np.array_equal(p.masks[~undecided], (resized > 0)[~undecided])
         assert all(mask.flags.f_contiguous for mask in p.masks)
+
+
+def test_batched_validation_predicts_each_image_as_one_image_batches_do(synthetic_dataset):
+    """``val_batch_size`` only groups images into one forward: every (image, prompt) keeps its scores and masks."""
+    from sam3.model.utils.misc import copy_data_to_device
+
+    from trainables.config import TrialConfig
+    from trainables.data import build_loader
+    from trainables.evaluate import final_output
+    from trainables.model import build_model
+
+    model = build_model("tiny", seed=0).eval()
+    predictions = {}
+    for val_batch_size in (None, 3):
+        cfg = TrialConfig(**synthetic_dataset.trial_fields(), val_batch_size=val_batch_size)
+        loader = build_loader(cfg, "val")
+        assert [len(batch.find_metadatas[0].original_image_id) // 14 for batch in loader] == (
+            [1] * 4 if val_batch_size is None else [3, 1])
+        with torch.no_grad():
+            predictions[val_batch_size] = {
+                (p.image_id, p.category_id): p for batch in loader
+                for p in predictions_from_output(final_output(model(copy_data_to_device(batch, "cpu"))),
+                                                 batch.find_metadatas[0])}
+    one, batched = predictions[None], predictions[3]
+    assert len(one) == 4 * 14 and one.keys() == batched.keys()
+    for key, p in one.items():
+        np.testing.assert_allclose(batched[key].scores, p.scores, rtol=1e-4, atol=1e-6)
+        assert (batched[key].masks != p.masks).mean() < 1e-3  # a pixel may flip where a logit is ~0

@@ -2,7 +2,7 @@
 
 Specification:
 - the validation part times the trial's own validation pass per image, split into forward, predictions and
-  CPU scoring, for fp32 and tf32, and states validation's share of trial time at Stage 2's ``val_every``
+  CPU scoring, for fp32 and tf32 and each number of images per forward, and states validation's share of trial time at Stage 2's ``val_every``
   against the trainable step measured in the same run, or says that none was;
 - the optimizer part times one AdamW step of torch's default implementation (the baseline) and of the
   trial's fused one, and leaves no gradients behind.
@@ -29,15 +29,17 @@ def bench(tmp_path_factory):
 def test_val_part_splits_the_pass_and_states_its_share_against_the_measured_step(bench):
     measured = {(0, "fp32", "sam3", True, 14, "trainable"): 2.0}  # as the steps part records a 2 s step
 
-    rows = gpu_step.part_val(bench, images=2, measured=measured)
+    rows = gpu_step.part_val(bench, images=2, measured=measured, batch_sizes=(1, 2))
 
-    fp32, tf32 = (row.split(" | ") for row in rows[-2:])
-    total, forward, predictions, process, evaluate = (float(cell) for cell in fp32[1:6])
-    assert total > 0 and min(forward, predictions, process, evaluate) >= 0  # the timed parts fit in the pass
+    fp32_one, fp32_two, tf32_one, tf32_two = (row.split(" | ") for row in rows[-4:])
+    assert [row[1] for row in (fp32_one, fp32_two, tf32_one, tf32_two)] == ["1", "2", "1", "2"]
     val_every = yaml.safe_load(STAGE2.read_text())["trial"]["val_every"]
-    share = float(fp32[6].split("%")[0]) / 100  # per 100 validation images on a worker
-    assert share == pytest.approx(100 * total / (100 * total + val_every * 2.0), abs=2e-3)
-    assert "no step measured" in tf32[6]
+    for row in (fp32_one, fp32_two):
+        total, forward, predictions, process, evaluate = (float(cell) for cell in row[2:7])
+        assert total > 0 and min(forward, predictions, process, evaluate) >= 0  # the timed parts fit in the pass
+        share = float(row[8].split("%")[0]) / 100  # per 100 validation images on a worker
+        assert share == pytest.approx(100 * total / (100 * total + val_every * 2.0), abs=2e-3)
+    assert "no step measured" in tf32_one[8] and "no step measured" in tf32_two[8]
 
 
 def test_optimizer_part_times_the_default_adamw_against_the_trials_fused_one(bench):

@@ -82,6 +82,7 @@ def test_a_uri_storage_needs_an_explicit_journal():
     ({"trial": {"hflip": "yes"}}, "hflip: 'yes' is a str, expected bool"),
     ({"trial": {"lr_vision": "fast"}}, "lr_vision: 'fast' is a str, expected float"),
     ({"trial": {"checkpoint": 3}}, "checkpoint: 3 is a int, expected str or null"),
+    ({"trial": {"val_batch_size": 0}}, "val_batch_size: 0 must be an integer >= 1, or null"),
     ({"dataset": {"dir": "d"}, "trial": {"train_json": "t.json"}},
      "trial: ['train_json'] come from dataset.dir"),
     ({"dataset": {"synthetic": {"train": 2}}}, "dataset.dir: required"),

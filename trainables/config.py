@@ -60,6 +60,8 @@ class TrialConfig:
     # --- validation ---
     val_every: int = 50  # steps between validations (each one reports to Ray)
     val_max_images: int | None = None
+    # images per validation forward (None: batch_size); no gradients are kept, so it can exceed batch_size
+    val_batch_size: int | None = None
     score_threshold: float = 0.5
     # --- execution ---
     precision: Literal["fp32", "tf32", "bf16"] = "fp32"
@@ -112,6 +114,9 @@ class TrialConfig:
                      "grad_accum_steps", "cpu_threads_per_worker"):
             if getattr(self, name) < 1:
                 p.append(f"{name}: {getattr(self, name)!r} must be an integer >= 1")
+        for name in ("val_max_images", "val_batch_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                p.append(f"{name}: {getattr(self, name)!r} must be an integer >= 1, or null")
         if self.warmup_steps < 0:
             p.append(f"warmup_steps: {self.warmup_steps!r} must be >= 0")
         for name, hint in hints.items():

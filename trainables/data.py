@@ -257,7 +257,7 @@ def build_dataset(cfg: TrialConfig, split: str) -> CassDataset:
 
 def build_loader(cfg: TrialConfig, split: str, *, rank: int = 0, world_size: int = 1,
                  num_workers: int = 0) -> DataLoader:
-    """This rank's loader of ``cfg.batch_size`` images per batch.
+    """This rank's loader of ``cfg.batch_size`` images per batch (``cfg.val_batch_size``, when set, for ``val``).
 
     ``train``: a seeded shuffling ``DistributedSampler`` (every rank gets the same number of images, the
     last few repeated when needed; call ``loader.sampler.set_epoch(e)`` each epoch); batches are lists of
@@ -276,5 +276,6 @@ def build_loader(cfg: TrialConfig, split: str, *, rank: int = 0, world_size: int
     # A loader of its own RNG: every new iterator draws a base seed, which would otherwise come from the
     # global torch RNG and make a resumed trial's dropout stream differ from the uninterrupted one.
     generator = torch.Generator().manual_seed(cfg.seed + rank)
-    return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate_fn,
+    batch_size = cfg.val_batch_size if split == "val" and cfg.val_batch_size else cfg.batch_size
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn,
                       num_workers=num_workers, generator=generator)
