@@ -314,6 +314,15 @@ def fastest_measured(measured: dict, frozen: bool) -> tuple:
     return min(trainable, key=trainable.get) if trainable else FASTEST
 
 
+def kernel_seconds(events) -> float:
+    """GPU kernel time in profiler ``events``, as torch's own table totals it: device events only, without
+    the ranges that ``record_function`` annotates on the GPU timeline (they span the kernels inside them)."""
+    from torch.autograd import DeviceType
+
+    return sum(e.self_device_time_total for e in events
+               if e.device_type == DeviceType.CUDA and not e.is_user_annotation) / 1e6
+
+
 def part_profile(bench: Bench, config: tuple = FASTEST, steps: int = 3) -> list[str]:
     """Where ``config``'s trainable step spends its time: torch.profiler over ``steps`` steps after one."""
     from torch.profiler import ProfilerActivity, profile
@@ -338,15 +347,14 @@ def part_profile(bench: Bench, config: tuple = FASTEST, steps: int = 3) -> list[
         sync(bench.device)
     wall = (time.perf_counter() - start) / steps
     events = prof.key_averages()
-    device_key = "self_device_time_total" if bench.device.type == "cuda" else "self_cpu_time_total"
-    device_total = sum(getattr(e, device_key, 0) for e in events) / steps / 1e6
+    device_total = kernel_seconds(events) / steps
     kernels = (f"; GPU kernel time {device_total:.3f} s/step ({device_total / wall:.0%} of the step)"
                if bench.device.type == "cuda" else "")
     lines = [f"{label(bench.resolutions[index], *config[1:])}: {wall:.3f} s/step under the profiler{kernels}"]
     syncs = {e.key: e.count // steps for e in events
              if e.key in ("cudaStreamSynchronize", "cudaDeviceSynchronize", "aten::_local_scalar_dense",
-                          "aten::item", "cudaMemcpyAsync")}
-    lines.append(f"host syncs per step: {syncs}")
+                          "aten::item", "cudaMemcpyAsync", "cudaLaunchKernel", "cuLaunchKernelEx")}
+    lines.append(f"host syncs, copies and kernel launches per step: {syncs}")
     lines.append("top operators by self CPU time:")
     lines.append(events.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=60))
     if bench.device.type == "cuda":

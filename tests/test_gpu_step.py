@@ -58,3 +58,15 @@ def test_profile_part_profiles_the_fastest_configuration_the_steps_part_measured
     assert gpu_step.fastest_measured(measured, frozen=True) == (0, "bf16", "none", True, 14)
     assert gpu_step.fastest_measured(measured, frozen=False) == (0, "tf32", "sam3", False, 14)
     assert gpu_step.fastest_measured({}, frozen=True) == gpu_step.FASTEST
+
+
+def test_kernel_time_counts_device_kernels_once_not_the_annotated_ranges_around_them():
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    events = [SimpleNamespace(device_type=DeviceType.CUDA, is_user_annotation=False, self_device_time_total=30e3),
+              SimpleNamespace(device_type=DeviceType.CUDA, is_user_annotation=True, self_device_time_total=25e3),
+              SimpleNamespace(device_type=DeviceType.CPU, is_user_annotation=False, self_device_time_total=30e3)]
+
+    assert gpu_step.kernel_seconds(events) == pytest.approx(0.030)  # the kernel, not its range or its aten op

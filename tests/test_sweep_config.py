@@ -42,6 +42,9 @@ def test_stage2_config_is_the_full_model_on_two_gpus_with_gloo_fp32():
     assert (t.preset, t.resolution, t.num_workers, t.use_gpu, t.backend, t.precision) == (
         "full", 672, 2, True, "gloo", "fp32")
     assert t.checkpoint and cfg.dataset.synthetic is None and cfg.ray.address == "auto"
+    rungs = [cfg.scheduler.grace_period * cfg.scheduler.reduction_factor ** k for k in range(3)]
+    rungs = [r for r in rungs if r < t.max_steps]
+    assert rungs == [400, 1200] and all(r % t.val_every == 0 for r in rungs)  # ASHA decides on fresh reports
 
 
 def test_defaults_fill_every_optional_section():
