@@ -1,6 +1,9 @@
 """Validation cost: what one validation image costs, part by part, and validation's share of a trial.
 
-1. **Scoring** (``trainables.metrics.CassEvaluator``: RLE encoding, thresholded Dice, presence AUROC, COCOeval
+1. **Scoring**: first turning sam3's outputs into predictions (``trainables.evaluate.predictions_from_output``:
+   kept queries, masks resized to the image; on ``--device``, the GPU where there is one) with its vectorised
+   implementation against the former per-row loop (the baseline), on synthetic outputs of the full model at
+   672 px (200 queries, 192x192 mask logits) for ``--size`` px images. Then (``trainables.metrics.CassEvaluator``: RLE encoding, thresholded Dice, presence AUROC, COCOeval
    segm AP) on synthetic predictions of realistic size: ``--size`` px images (512: ARCADE's) with 8 of the
    14 CASS segments present as thin strokes, every prompt answered with the validation pass's
    ``MAX_DETS_PER_PROMPT`` kept queries (the same for every preset: the full model's 200 queries are cut
@@ -19,7 +22,7 @@
    with ``val_every``). The first window (model build, warm-up) is left out of the steady-state figures.
 
     TORCHDYNAMO_DISABLE=1 OMP_NUM_THREADS=1 .venv/bin/python bench/eval_cost.py [--parts scoring,trial]
-        [--images 8] [--size 512] [--steps 400] [--val-every 100] [--val 16] [--threads 2]
+        [--images 8] [--size 512] [--device cuda] [--steps 400] [--val-every 100] [--val 16] [--threads 2]
 
 Prints both tables and appends them to BENCHMARKS.md with the machine and the date. Not a timed test.
 """
@@ -116,6 +119,74 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return result, time.perf_counter() - tic
 
 
+QUERIES, MASK_SIDE = 200, 192  # the full model's queries and mask-logit side at 672 px
+
+
+def predictions_per_row(out: dict, metadata, max_dets: int) -> list[PromptPrediction]:
+    """The baseline: how ``predictions_from_output`` worked before, one row (image x prompt) at a time, each
+    row waiting for the device twice."""
+    import torch
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        probs = out["pred_logits"].float().sigmoid().squeeze(-1)
+        presence = out["presence_logit_dec"].float().sigmoid().reshape(-1)
+        probs = probs * presence[:, None]
+        preds = []
+        for row in range(probs.shape[0]):
+            height, width = (int(v) for v in metadata.original_size[row])
+            top = probs[row].topk(min(max_dets, probs.shape[1])).indices
+            mask_logits = out["pred_masks"][row, top].float()[:, None].transpose(-1, -2)
+            masks_wh = F.interpolate(mask_logits, (width, height), mode="bilinear", align_corners=False)[:, 0] > 0
+            preds.append(PromptPrediction(
+                image_id=int(metadata.original_image_id[row]), category_id=int(metadata.original_category_id[row]),
+                scores=probs[row, top].cpu().numpy(), masks=masks_wh.contiguous().cpu().numpy().transpose(0, 2, 1),
+                presence=float(presence[row])))
+        return preds
+
+
+def measure_predictions(n_images: int, size: int, dets: int, device: str) -> list[dict[str, Any]]:
+    """Seconds per image of turning synthetic full-model outputs (one image x 14 prompts per batch, on
+    ``device``) into predictions: the per-row baseline, then the vectorised ``predictions_from_output``
+    resizing 1 and 14 rows at once; each must give the baseline's scores and masks."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from trainables.evaluate import ROWS_PER_RESIZE, predictions_from_output
+
+    generator = torch.Generator().manual_seed(0)
+    rows = len(CASS_CATEGORIES)
+    batches = [({"pred_logits": torch.randn(rows, QUERIES, 1, generator=generator).to(device),
+                 "presence_logit_dec": torch.randn(rows, 1, generator=generator).to(device),
+                 "pred_masks": torch.randn(rows, QUERIES, MASK_SIDE, MASK_SIDE, generator=generator).to(device)},
+                SimpleNamespace(original_size=torch.tensor([[size, size]] * rows, device=device),
+                                original_image_id=torch.full((rows,), image, device=device),
+                                original_category_id=torch.arange(1, rows + 1, device=device)))
+               for image in range(n_images)]
+
+    def run(fn):
+        fn(*batches[0], dets)  # warm-up
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return timed(lambda: [p for out, metadata in batches for p in fn(out, metadata, dets)])
+
+    before, before_s = run(predictions_per_row)
+    rows_out = [{"step": "predictions", "variant": f"per row (before), {device}", "seconds": before_s / n_images,
+                 "ratio": 1.0, "agrees": "(baseline)", "metrics": None}]
+    default = ROWS_PER_RESIZE.get(torch.device(device).type, 1)
+    for rows_per_resize in sorted({1, len(CASS_CATEGORIES)}):
+        now, now_s = run(functools.partial(predictions_from_output, rows_per_resize=rows_per_resize))
+        same = len(before) == len(now) and all(
+            a.image_id == b.image_id and a.category_id == b.category_id and np.array_equal(a.scores, b.scores)
+            and a.presence == b.presence and np.array_equal(a.masks, b.masks) for a, b in zip(before, now))
+        rows_out.append({"step": "predictions", "seconds": now_s / n_images, "ratio": now_s / before_s,
+                         "variant": f"vectorised, {rows_per_resize} rows per resize"
+                                    f"{' (default here)' if rows_per_resize == default else ''}, {device}",
+                         "agrees": "yes" if same else "NO", "metrics": None})
+    return rows_out
+
+
 def measure_scoring(n_images: int, size: int, dets: int) -> list[dict[str, Any]]:
     """Seconds per image of each scoring step, each against its baseline in this run: ``process`` on
     row-major masks (what validation handed over before) and on column-major ones (what it hands over now);
@@ -149,10 +220,10 @@ def measure_scoring(n_images: int, size: int, dets: int) -> list[dict[str, Any]]
 
 def scoring_table(rows: list[dict[str, Any]], n_images: int, size: int, dets: int) -> str:
     lines = [f"{n_images} images of {size}x{size}, 14 prompts each, {dets} kept queries per prompt "
-             f"(gathered state {rows[0]['state_kib']:.0f} KiB per image):", "",
-             "| step | variant | s/image | vs baseline | same metrics | val_ap75 |", "|---|---|---|---|---|---|"]
+             f"(gathered state {next(r['state_kib'] for r in rows if 'state_kib' in r):.0f} KiB per image):", "",
+             "| step | variant | s/image | vs baseline | same metrics (predictions: same output) | val_ap75 |", "|---|---|---|---|---|---|"]
     lines += [f"| `{r['step']}` | {r['variant']} | {r['seconds']:.4f} | {r['ratio']:.2f}x | {r['agrees']} "
-              f"| {r['metrics']['val_ap75']:.4f} |" for r in rows]
+              f"| {format(r['metrics']['val_ap75'], '.4f') if r['metrics'] else ''} |" for r in rows]
     if not any(r["variant"] == "faster-coco-eval" for r in rows):
         lines += ["", "faster-coco-eval not installed: not compared (`pip install faster-coco-eval`)."]
     return "\n".join(lines)
@@ -268,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=8, help="scoring: validation images")
     parser.add_argument("--size", type=int, default=512, help="scoring: image side in px")
     parser.add_argument("--dets", type=int, default=MAX_DETS_PER_PROMPT, help="scoring: kept queries per prompt")
+    parser.add_argument("--device", default=None, help="scoring: where predictions are made (default: cuda if "
+                                                       "available, else cpu)")
     parser.add_argument("--steps", type=int, default=400, help="trial: training steps")
     parser.add_argument("--val-every", type=int, default=100,
                         help="trial: steps between validations (100: the learning benchmark's)")
@@ -284,7 +357,12 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(["python bench/eval_cost.py", *(sys.argv[1:] if argv is None else argv)])
 
     if "scoring" in parts:
-        table = scoring_table(measure_scoring(args.images, args.size, args.dets), args.images, args.size, args.dets)
+        import torch
+
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        rows = measure_predictions(args.images, args.size, args.dets, device) + measure_scoring(
+            args.images, args.size, args.dets)
+        table = scoring_table(rows, args.images, args.size, args.dets)
         print(table, flush=True)
         append_benchmark("Validation cost: scoring per image", command, table)
     if "trial" in parts:

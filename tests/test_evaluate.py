@@ -13,6 +13,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -52,6 +53,26 @@ def test_masks_are_the_resized_logits_above_zero_at_the_original_size_in_column_
                                 align_corners=False)[:, 0].numpy()
         assert p.masks.shape == (QUERIES, HEIGHT, WIDTH) and p.masks.dtype == bool
         undecided = np.abs(resized) < 1e-5  # resizing the transpose rounds differently in the last bits
+        assert np.array_equal(p.masks[~undecided], (resized > 0)[~undecided])
+        assert all(mask.flags.f_contiguous for mask in p.masks)
+
+
+@pytest.mark.parametrize("rows_per_resize", [None, 1, 2, 14])
+def test_rows_of_different_image_sizes_keep_their_own_size_and_order(rows_per_resize):
+    out, metadata = sam3_output(rows=3)
+    metadata.original_size = torch.tensor([[HEIGHT, WIDTH], [WIDTH, HEIGHT], [HEIGHT, WIDTH]])
+    metadata.original_image_id = torch.tensor([7, 8, 9])
+
+    predictions = predictions_from_output(out, metadata, max_dets=QUERIES, rows_per_resize=rows_per_resize)
+
+    assert [p.image_id for p in predictions] == [7, 8, 9]
+    assert [p.masks.shape for p in predictions] == [(QUERIES, HEIGHT, WIDTH), (QUERIES, WIDTH, HEIGHT),
+                                                    (QUERIES, HEIGHT, WIDTH)]
+    for row, p in enumerate(predictions):
+        order = (out["pred_logits"][row, :, 0]).argsort(descending=True)
+        resized = F.interpolate(out["pred_masks"][row, order][:, None], p.masks.shape[1:], mode="bilinear",
+                                align_corners=False)[:, 0].numpy()
+        undecided = np.abs(resized) < 1e-5
         assert np.array_equal(p.masks[~undecided], (resized > 0)[~undecided])
         assert all(mask.flags.f_contiguous for mask in p.masks)
 
