@@ -3,8 +3,9 @@
 1. **Scoring**: first turning sam3's outputs into predictions (``trainables.evaluate.predictions_from_output``:
    kept queries, masks resized to the image; on ``--device``, the GPU where there is one) with its vectorised
    implementation against the former per-row loop (the baseline), on synthetic outputs of the full model at
-   672 px (200 queries, 192x192 mask logits) for ``--size`` px images. Then (``trainables.metrics.CassEvaluator``: RLE encoding, thresholded Dice, presence AUROC, COCOeval
-   segm AP) on synthetic predictions of realistic size: ``--size`` px images (512: ARCADE's) with 8 of the
+   672 px (200 queries, 192x192 mask logits) for ``--size`` px images. Then scoring them
+   (``trainables.metrics.CassEvaluator``: RLE encoding, thresholded Dice, presence AUROC, COCOeval segm AP) on
+   synthetic predictions of realistic size: ``--size`` px images (512: ARCADE's) with 8 of the
    14 CASS segments present as thin strokes, every prompt answered with the validation pass's
    ``MAX_DETS_PER_PROMPT`` kept queries (the same for every preset: the full model's 200 queries are cut
    to these before scoring). Scoring runs on the CPU, in GPU trials too. ``process`` (mostly RLE encoding)
@@ -221,7 +222,8 @@ def measure_scoring(n_images: int, size: int, dets: int) -> list[dict[str, Any]]
 def scoring_table(rows: list[dict[str, Any]], n_images: int, size: int, dets: int) -> str:
     lines = [f"{n_images} images of {size}x{size}, 14 prompts each, {dets} kept queries per prompt "
              f"(gathered state {next(r['state_kib'] for r in rows if 'state_kib' in r):.0f} KiB per image):", "",
-             "| step | variant | s/image | vs baseline | same metrics (predictions: same output) | val_ap75 |", "|---|---|---|---|---|---|"]
+             "| step | variant | s/image | vs baseline | same metrics (predictions: same output) | val_ap75 |",
+             "|---|---|---|---|---|---|"]
     lines += [f"| `{r['step']}` | {r['variant']} | {r['seconds']:.4f} | {r['ratio']:.2f}x | {r['agrees']} "
               f"| {format(r['metrics']['val_ap75'], '.4f') if r['metrics'] else ''} |" for r in rows]
     if not any(r["variant"] == "faster-coco-eval" for r in rows):

@@ -24,7 +24,8 @@ angiograms (one image x 14 CASS prompts per step), measures six things in one ru
 The reference bare-loop figures (``shared/reference/gpu_step_costs.md``, H200) are printed beside.
 ``--preset tiny`` runs everything on the CPU at 224/336 px as a dry run of the script.
 
-    python bench/gpu_step.py [--parts steps,numerics,profile,val,optimizer,ddp] [--steps 5] [--only "672 bf16;1008"] [--out FILE]
+    python bench/gpu_step.py [--parts steps,numerics,profile,val,optimizer,ddp] [--steps 5]
+        [--only "672 bf16;1008"] [--val-images 8] [--val-batch-sizes 1,4] [--out FILE]
 """
 
 from __future__ import annotations
@@ -501,11 +502,23 @@ def part_ddp(preset: str, resolution: int, device: torch.device, steps: int, sin
     return lines
 
 
+def positive_ints(text: str) -> tuple[int, ...]:
+    """``--val-batch-sizes``: ','-separated integers >= 1."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected integers >= 1 separated by ',', e.g. 1,4")
+    return values
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--parts", default="steps,numerics,profile,val,optimizer,ddp")
     parser.add_argument("--val-images", type=int, default=8, help="val part: validation images")
-    parser.add_argument("--val-batch-sizes", default="1,4", help="val part: images per validation forward, ','-separated")
+    parser.add_argument("--val-batch-sizes", type=positive_ints, default=(1, 4),
+                        help="val part: images per validation forward, ','-separated")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--ddp-steps", type=int, default=3)
     parser.add_argument("--only", default=None, help="steps part: only configurations whose label contains one "
@@ -540,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
         if "profile" in parts:
             add(part_profile(bench, fastest_measured(measured, bench.frozen)))
         if "val" in parts:
-            add(part_val(bench, args.val_images, measured, tuple(int(b) for b in args.val_batch_sizes.split(","))))
+            add(part_val(bench, args.val_images, measured, args.val_batch_sizes))
         if "optimizer" in parts:
             add(part_optimizer(bench, args.steps))
         del bench

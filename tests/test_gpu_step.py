@@ -2,8 +2,9 @@
 
 Specification:
 - the validation part times the trial's own validation pass per image, split into forward, predictions and
-  CPU scoring, for fp32 and tf32 and each number of images per forward, and states validation's share of trial time at Stage 2's ``val_every``
-  against the trainable step measured in the same run, or says that none was;
+  CPU scoring, for fp32 and tf32 and each number of images per forward, and states validation's share of
+  trial time at Stage 2's ``val_every`` against the trainable step measured in the same run, or says that
+  none was;
 - the optimizer part times one AdamW step of torch's default implementation (the baseline) and of the
   trial's fused one, and leaves no gradients behind.
 """
@@ -70,3 +71,10 @@ def test_kernel_time_counts_device_kernels_once_not_the_annotated_ranges_around_
               SimpleNamespace(device_type=DeviceType.CPU, is_user_annotation=False, self_device_time_total=30e3)]
 
     assert gpu_step.kernel_seconds(events) == pytest.approx(0.030)  # the kernel, not its range or its aten op
+
+
+def test_val_batch_sizes_must_be_positive_integers():
+    assert gpu_step.positive_ints("1,4,8") == (1, 4, 8)
+    for bad in ("", "0,4", "one", "4,"):
+        with pytest.raises(Exception, match="expected integers >= 1"):
+            gpu_step.positive_ints(bad)
