@@ -1,4 +1,4 @@
-"""What every benchmark shares: a description of the machine, appending results to BENCHMARKS.md, and a free
+"""What every benchmark shares: a description of the machine, appending run records to BENCHMARKS-LOG.md, and a free
 local port for a process group (``sweeps.ray_compat.free_port`` imports Ray, which the GPU machine lacks)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import platform
 import socket
 from pathlib import Path
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+LOG = Path(__file__).resolve().parents[1] / "BENCHMARKS-LOG.md"  # raw run records, newest last
 
 
 def machine_description() -> str:
@@ -36,10 +36,10 @@ def machine_description() -> str:
 
 
 def append_benchmark(title: str, command: str, table: str) -> None:
-    """Append a dated section (machine, command, table) to BENCHMARKS.md."""
+    """Append a dated section (machine, command, table) to BENCHMARKS-LOG.md (BENCHMARKS.md quotes from it)."""
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     section = f"\n### {title}\n\n- date: {stamp}\n- machine: {machine_description()}\n- command: `{command}`\n\n{table}\n"
-    with BENCHMARKS.open("a") as handle:
+    with LOG.open("a") as handle:
         handle.write(section)
 
 

@@ -1,6 +1,6 @@
 """Validation cost: what one validation image costs, part by part, and validation's share of a trial.
 
-1. **Scoring**: first turning sam3's outputs into predictions (``trainables.evaluate.predictions_from_output``:
+1. **Scoring**: first turning sam3's outputs into predictions (``trainables.inference.predictions_from_output``:
    kept queries, masks resized to the image; on ``--device``, the GPU where there is one) with its vectorised
    implementation against the former per-row loop (the baseline), on synthetic outputs of the full model at
    672 px (200 queries, 192x192 mask logits) for ``--size`` px images. Then scoring them
@@ -25,7 +25,7 @@
     TORCHDYNAMO_DISABLE=1 OMP_NUM_THREADS=1 .venv/bin/python bench/eval_cost.py [--parts scoring,trial]
         [--images 8] [--size 512] [--device cuda] [--steps 400] [--val-every 100] [--val 16] [--threads 2]
 
-Prints both tables and appends them to BENCHMARKS.md with the machine and the date. Not a timed test.
+Prints both tables and appends them to BENCHMARKS-LOG.md with the machine and the date. Not a timed test.
 """
 
 from __future__ import annotations
@@ -52,9 +52,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import append_benchmark  # noqa: E402
 from data_prep.cass import CASS_CATEGORIES, coco_categories  # noqa: E402
-from trainables import evaluate as evaluate_module  # noqa: E402
+from trainables import inference as inference_module  # noqa: E402
 from trainables import metrics as metrics_module  # noqa: E402
-from trainables.evaluate import MAX_DETS_PER_PROMPT  # noqa: E402
+from trainables.inference import MAX_DETS_PER_PROMPT  # noqa: E402
 from trainables.metrics import CassEvaluator, PromptPrediction  # noqa: E402
 
 GOAL_SHARE = 0.05
@@ -75,7 +75,7 @@ def stroke(rng: np.random.Generator, size: int, yy: np.ndarray, xx: np.ndarray) 
 def synthetic_validation(n_images: int, size: int, dets: int, seed: int = 0) -> tuple[dict, list[PromptPrediction]]:
     """A COCO ground truth (8 of the 14 segments per image) and one prediction per (image, prompt) with
     ``dets`` stroke masks, two of them scored above 0.5, each mask column-major as the validation pass
-    hands them over (``trainables.evaluate.predictions_from_output``)."""
+    hands them over (``trainables.inference.predictions_from_output``)."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size].astype(np.float32)
     pool = np.stack([stroke(rng, size, yy, xx) for _ in range(64)])  # reused stroke masks
@@ -154,7 +154,7 @@ def measure_predictions(n_images: int, size: int, dets: int, device: str) -> lis
 
     import torch
 
-    from trainables.evaluate import ROWS_PER_RESIZE, predictions_from_output
+    from trainables.inference import ROWS_PER_RESIZE, predictions_from_output
 
     generator = torch.Generator().manual_seed(0)
     rows = len(CASS_CATEGORIES)
@@ -269,8 +269,8 @@ def validation_parts(timer: PartTimer, val_seconds: float) -> dict[str, float]:
 @contextlib.contextmanager
 def timing_validation_parts(timer: PartTimer) -> Iterator[None]:
     """Time the validation pass's scoring parts (the rest of ``val_seconds`` is the model's forward)."""
-    with mock.patch.object(evaluate_module, "predictions_from_output",
-                           timer.timed("predictions", evaluate_module.predictions_from_output)), \
+    with mock.patch.object(inference_module, "predictions_from_output",
+                           timer.timed("predictions", inference_module.predictions_from_output)), \
             mock.patch.object(CassEvaluator, "process", timer.timed("process", CassEvaluator.process)), \
             mock.patch.object(CassEvaluator, "evaluate", timer.timed("evaluate", CassEvaluator.evaluate)):
         yield

@@ -21,7 +21,8 @@ angiograms (one image x 14 CASS prompts per step), measures six things in one ru
    all-reduce per optimizer step (DDP step minus the same step under ``no_sync``) for fp32, a frozen text
    encoder, bf16 compression and 4 accumulated micro-batches, against the single-process compute step.
 
-The reference bare-loop figures (``shared/reference/gpu_step_costs.md``, H200) are printed beside.
+Beside them it prints reference figures of a bare sam3 loop measured separately before this script existed
+(:data:`REFERENCE`: one H200, 2026-11-26, torch 2.11.0, sam3 0.1.4, median of 6 steps after 2).
 ``--preset tiny`` runs everything on the CPU at 224/336 px as a dry run of the script.
 
     python bench/gpu_step.py [--parts steps,numerics,profile,val,optimizer,ddp] [--steps 5]
@@ -48,7 +49,9 @@ import torch.multiprocessing as mp  # noqa: E402
 
 from bench.common import free_port  # noqa: E402
 
-# bare sam3 loop on an H200 (gpu_step_costs.md): seconds per step
+# A bare sam3 loop (build_sam3_image_model, random init, one image x 14 prompts, sam3's native loss, AdamW; no
+# Ray, no DDP) measured separately on one H200 on 2026-11-26, median of 6 steps after 2: seconds per step.
+# Keys: (resolution, precision, activation checkpointing, text encoder frozen).
 REFERENCE = {(672, "fp32", "sam3", False): 1.12, (672, "tf32", "sam3", False): 0.62,
              (672, "tf32", "minimal", False): 0.53, (672, "bf16", "minimal", False): 0.43,
              (672, "bf16", "minimal", True): 0.36, (672, "tf32", "minimal", True): 0.50,

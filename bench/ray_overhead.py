@@ -8,7 +8,7 @@ cost per trial: placement group, worker actors (importing torch), Gloo group, te
 
     python bench/ray_overhead.py [--trials 3] [--workers 2]
 
-Prints a table and appends it to BENCHMARKS.md with the machine and the date.
+Prints a table and appends it to BENCHMARKS-LOG.md with the machine and the date.
 """
 
 from __future__ import annotations

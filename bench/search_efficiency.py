@@ -456,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reduction", type=int, default=3, help="ASHA reduction factor")
     parser.add_argument("--show-trials", action="store_true",
                         help="print each sweep's trials: grid point, where it ended, how often it was run")
-    parser.add_argument("--no-append", action="store_true", help="do not append the tables to BENCHMARKS.md")
+    parser.add_argument("--no-append", action="store_true", help="do not append the tables to BENCHMARKS-LOG.md")
     args = parser.parse_args(argv)
     args.grid = parse_grid(args.grid)
     os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")

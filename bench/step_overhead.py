@@ -10,7 +10,7 @@ Also measured, before the Ray run: the share of the machine's CPU that Ray's own
     python bench/step_overhead.py                               # CPU, tiny preset, 224 px
     python bench/step_overhead.py --preset full --resolution 672 --gpu   # on a GPU machine
 
-Prints a table and appends it to BENCHMARKS.md with the machine and the date.
+Prints a table and appends it to BENCHMARKS-LOG.md with the machine and the date.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import append_benchmark, machine_description  # noqa: E402
+from bench.common import append_benchmark  # noqa: E402
 
 
 def trial_config(args, dataset):

@@ -26,9 +26,9 @@ from pathlib import Path
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
+from common.errors import InputError, run_cli
 from data_prep import cass
 from data_prep.coco_io import coco_document, instance_table, staged_folder, write_json_atomic
-from data_prep.errors import InputError, run_cli
 from data_prep.layout import SPLITS, DatasetPaths
 from data_prep.validate import validate_dataset
 

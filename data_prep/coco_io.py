@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from common.errors import InputError
 from data_prep import cass
-from data_prep.errors import InputError
 
 
 def write_json_atomic(path: Path, obj: object) -> None:

@@ -42,9 +42,9 @@ from PIL import Image
 from scipy import ndimage
 from tqdm import tqdm
 
+from common.errors import InputError, run_cli
 from data_prep import cass
 from data_prep.coco_io import coco_document, instance_table, mask_annotation, staged_folder, write_json_atomic
-from data_prep.errors import InputError, run_cli
 from data_prep.layout import SPLITS, DatasetPaths
 from data_prep.validate import validate_dataset
 

@@ -32,9 +32,9 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 from tqdm import tqdm
 
+from common.errors import InputError, run_cli
 from data_prep import cass
 from data_prep.coco_io import coco_document, instance_table, mask_annotation, write_json_atomic
-from data_prep.errors import InputError, run_cli
 from data_prep.layout import DatasetPaths
 
 FRAMES_PER_PATIENT = 4

@@ -39,8 +39,8 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from common.errors import InputError, run_cli
 from data_prep import cass
-from data_prep.errors import InputError, run_cli
 from data_prep.layout import DatasetPaths
 
 BBOX_TOLERANCE_PX = 2.0

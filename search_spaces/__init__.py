@@ -6,20 +6,22 @@ A search-space file names :class:`~trainables.config.TrialConfig` fields and how
       lr_transformer: {type: loguniform, low: 2.0e-5, high: 3.0e-4}
       warmup_steps:   {type: qrandint, low: 0, high: 100, q: 10}
       resolution:     {type: choice, values: [672, 1008]}
-    points_to_evaluate:          # optional; enqueued first (put SAM3's defaults here: the baseline)
+    baseline: {}                 # optional: trial 0 = TrialConfig's defaults (SAM3's published values) of
+                                 # every searched param, with these overrides ({resolution: 672}, say)
+    points_to_evaluate:          # optional: more points, each setting every searched param; after the baseline
       - {lr_transformer: 8.0e-5, warmup_steps: 20, resolution: 1008}
 
 Types (Ray Tune semantics): ``uniform``/``loguniform``/``quniform`` (floats; ``q`` for the quantum),
 ``randint`` (integers, ``high`` excluded), ``qrandint`` (integers, ``high`` included), ``choice``.
-Every problem in a file is reported at once as an :class:`~data_prep.errors.InputError` naming the file
-and the key. Fields that shape the sweep itself (``max_steps``, workers, GPUs, backend, data paths) are
-fixed per sweep and cannot be searched.
+Bounds are numbers under :mod:`common.typed_yaml`'s rule (``1e-5`` is a float). Every problem in a file is
+reported at once as an :class:`~common.errors.InputError` naming the file and the key. Fields that shape the
+sweep itself (``max_steps``, workers, GPUs, backend, data paths: ``searchable=False`` in
+:class:`~trainables.config.TrialConfig`) are fixed per sweep and cannot be searched.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,18 +29,14 @@ from typing import Any
 
 from ray import tune
 
-from data_prep.errors import InputError, load_yaml
-from trainables.config import TrialConfig
+from common.errors import InputError
+from common.typed_yaml import as_number, load_yaml
+from trainables.config import TrialConfig, searchable_fields
 
-#: Fields a sweep fixes: ASHA's ``max_t`` and truncation detection use ``max_steps``; resources and data
-#: are per sweep.
-NOT_SEARCHABLE = frozenset({"train_json", "val_json", "images_dir", "checkpoint", "max_steps", "num_workers",
-                            "use_gpu", "backend", "cpu_threads_per_worker", "val_every", "val_max_images",
-                            "val_batch_size"})
 _RANGE_TYPES = {"uniform": ("low", "high"), "loguniform": ("low", "high"), "quniform": ("low", "high", "q"),
                 "randint": ("low", "high"), "qrandint": ("low", "high", "q")}
 _INT_TYPES = {"randint", "qrandint"}
-_TOP_LEVEL_KEYS = {"params", "points_to_evaluate"}
+_TOP_LEVEL_KEYS = {"params", "baseline", "points_to_evaluate"}
 
 
 @dataclass(frozen=True)
@@ -72,10 +70,29 @@ def parse_search_spec(raw: Any, *, source: str) -> SearchSpec:
         domain = _domain(str(name), spec, problems)
         if domain is not None:
             params[name] = domain
-    points = _points(raw.get("points_to_evaluate") or [], raw["params"], problems)
+    points = _baseline(raw, problems) + _points(raw.get("points_to_evaluate") or [], raw["params"], problems)
     if problems:
         raise InputError(f"{source}: invalid search space", problems)
     return SearchSpec(params=params, points_to_evaluate=points, source=source)
+
+
+def _baseline(raw: dict[str, Any], problems: list[str]) -> list[Any]:
+    """``[the baseline point]`` (TrialConfig's defaults of every searched param, with ``baseline``'s overrides),
+    or ``[]`` when the file has no ``baseline`` key."""
+    if "baseline" not in raw:
+        return []
+    overrides = raw["baseline"] if raw["baseline"] is not None else {}
+    if not isinstance(overrides, dict):
+        problems.append(f"baseline: expected a mapping of searched params to values, got {overrides!r}")
+        return []
+    unknown = sorted(set(overrides) - set(raw["params"]), key=str)
+    if unknown:
+        problems.append(f"baseline: {unknown} are not searched params (searched: {sorted(raw['params'])})")
+        return []
+    defaults = TrialConfig()
+    point = {name: overrides.get(name, getattr(defaults, name, None)) for name in raw["params"]}
+    checked = _point("baseline", point, raw["params"], problems)
+    return [] if checked is None else [checked]
 
 
 def _field_types() -> dict[str, Any]:
@@ -97,9 +114,9 @@ def _domain(name: str, spec: Any, problems: list[str]) -> Any:
     where = f"params.{name}"
     fields = _field_types()
     if name not in fields:
-        problems.append(f"{where}: not a TrialConfig field (valid: {sorted(set(fields) - NOT_SEARCHABLE)})")
+        problems.append(f"{where}: not a TrialConfig field (valid: {searchable_fields()})")
         return None
-    if name in NOT_SEARCHABLE:
+    if name not in searchable_fields():
         problems.append(f"{where}: fixed per sweep, set it in the sweep config's 'trial' section instead")
         return None
     if not isinstance(spec, dict) or "type" not in spec:
@@ -117,7 +134,7 @@ def _domain(name: str, spec: Any, problems: list[str]) -> Any:
         return None
     try:
         cast = int if kind in _INT_TYPES else float
-        bounds = {k: _number(spec[k], cast) for k in _RANGE_TYPES[kind]}
+        bounds = {k: as_number(spec[k], cast) for k in _RANGE_TYPES[kind]}
     except ValueError as err:
         problems.append(f"{where}: {err}")
         return None
@@ -155,42 +172,31 @@ def _choice(where: str, name: str, spec: dict[str, Any], problems: list[str]) ->
     return None if bad else tune.choice(values)
 
 
-def _number(value: Any, cast: type) -> float | int:
-    """``value`` as a number; accepts YAML 1.1's string reading of ``1e-5``; refuses bools and non-finite."""
-    if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a number")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{value!r} is not a number") from None
-    if not math.isfinite(number) or (cast is int and number != int(number)):
-        raise ValueError(f"{value!r} is not a finite {cast.__name__}")
-    return cast(number)
-
-
 def _points(points: Any, params: dict[str, Any], problems: list[str]) -> list[dict[str, Any]]:
     """Validate ``points_to_evaluate``: each point sets every param to a value its domain can produce."""
     if not isinstance(points, list):
         problems.append(f"points_to_evaluate: expected a list of mappings, got {points!r}")
         return []
-    out = []
-    for i, point in enumerate(points):
-        where = f"points_to_evaluate[{i}]"
-        if not isinstance(point, dict):
-            problems.append(f"{where}: expected a mapping, got {point!r}")
-            continue
-        if set(point) != set(params):
-            problems.append(f"{where}: must set exactly the searched params; missing "
-                            f"{sorted(set(params) - set(point))}, unknown {sorted(set(point) - set(params))}")
-            continue
-        clean = {}
-        for name, value in point.items():
-            spec = params[name] if isinstance(params[name], dict) else {}
-            ok, clean[name] = _inside(spec, value)
-            if not ok:
-                problems.append(f"{where}.{name}: {value!r} lies outside its search domain {spec}")
-        out.append(clean)
-    return out
+    checked = [_point(f"points_to_evaluate[{i}]", point, params, problems) for i, point in enumerate(points)]
+    return [point for point in checked if point is not None]
+
+
+def _point(where: str, point: Any, params: dict[str, Any], problems: list[str]) -> dict[str, Any] | None:
+    """One point checked against the raw ``params`` domains (its numbers as the domains' types), or None."""
+    if not isinstance(point, dict):
+        problems.append(f"{where}: expected a mapping, got {point!r}")
+        return None
+    if set(point) != set(params):
+        problems.append(f"{where}: must set exactly the searched params; missing "
+                        f"{sorted(set(params) - set(point))}, unknown {sorted(set(point) - set(params))}")
+        return None
+    clean = {}
+    for name, value in point.items():
+        spec = params[name] if isinstance(params[name], dict) else {}
+        ok, clean[name] = _inside(spec, value)
+        if not ok:
+            problems.append(f"{where}.{name}: {value!r} lies outside its search domain {spec}")
+    return clean
 
 
 def _inside(spec: dict[str, Any], value: Any) -> tuple[bool, Any]:
@@ -201,7 +207,7 @@ def _inside(spec: dict[str, Any], value: Any) -> tuple[bool, Any]:
     if kind not in _RANGE_TYPES:
         return True, value  # the domain itself is already reported as invalid
     try:
-        v = _number(value, int if kind in _INT_TYPES else float)
+        v = as_number(value, int if kind in _INT_TYPES else float)
         low, high = float(spec["low"]), float(spec["high"])
     except (KeyError, ValueError):
         return False, value

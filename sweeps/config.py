@@ -20,19 +20,19 @@ Schema (every section but ``name``, ``storage_path``, ``search_space`` and ``tri
 
 Relative local paths are resolved against the current directory when the file is loaded (run from the
 repository root, as ``make`` and ``ray job submit --working-dir .`` do). Unknown keys are refused and
-every problem is listed in one :class:`~data_prep.errors.InputError`.
+every problem is listed in one :class:`~common.errors.InputError`. Types and numbers follow
+:mod:`common.typed_yaml`, the rule every config of the project shares.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-
-from data_prep.errors import InputError, load_yaml
+from common.errors import InputError
+from common.paths import is_uri
+from common.typed_yaml import load_yaml, parse_fields
 from data_prep.layout import DatasetPaths
 from trainables.config import TrialConfig
 
@@ -41,6 +41,10 @@ METRIC = "val_dice"
 #: validation metrics the trial loop reports that ASHA may stop on (all "higher is better")
 ASHA_METRICS = frozenset({"val_dice", "val_dice_pooled", "val_ap", "val_ap50", "val_ap75", "val_presence_auroc"})
 SECOND_OBJECTIVE = "val_ap75"
+#: The Optuna journal's file name inside the experiment folder (unless ``searcher.storage`` names another file).
+JOURNAL_FILE = "optuna_journal.log"
+#: The folder inside the experiment folder that holds each trial's Ray Train run and its checkpoints.
+TRAIN_RUNS = "train_runs"
 #: The step counter ``train_loop_per_worker`` reports; ASHA's time attribute (survives driver restores).
 TIME_ATTR = "step"
 
@@ -65,7 +69,7 @@ class SearcherConfig:
 
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"
     seed: int | None = 0
-    storage: str | None = None  # an Optuna JournalStorage file; default <experiment dir>/optuna_journal.log
+    storage: str | None = None  # an Optuna JournalStorage file; default <experiment dir>/JOURNAL_FILE
     study_name: str | None = None  # default: the sweep name (a study resumes by name)
 
 
@@ -153,16 +157,22 @@ class SweepConfig:
         if is_uri(self.storage_path):
             raise InputError(f"searcher.storage: set a local/NFS journal path when storage_path is a URI "
                              f"({self.storage_path})")
-        return str(Path(self.experiment_dir) / "optuna_journal.log")
+        return default_journal(self.experiment_dir)
 
     @property
     def study_name(self) -> str:
+        """The Optuna study (``searcher.study_name``, default the sweep's name: a study resumes by name)."""
         return self.searcher.study_name or self.name
 
+    @property
+    def train_runs(self) -> str:
+        """Where each trial's Ray Train run (and its checkpoints) is written: ``<experiment dir>/train_runs``."""
+        return f"{self.experiment_dir}/{TRAIN_RUNS}"
 
-def is_uri(path: str) -> bool:
-    """Whether ``path`` is a pyarrow filesystem URI (``s3://...``) rather than a local path."""
-    return "://" in path
+
+def default_journal(experiment_dir: str) -> str:
+    """The Optuna journal a sweep writes unless ``searcher.storage`` says otherwise."""
+    return str(Path(experiment_dir) / JOURNAL_FILE)
 
 
 def load_sweep_config(path: str | Path) -> SweepConfig:
@@ -176,7 +186,7 @@ def parse_sweep_config(raw: Any, *, source: str) -> SweepConfig:
     problems: list[str] = []
     if not isinstance(raw, dict):
         raise InputError(f"{source}: a sweep config must be a mapping, got {type(raw).__name__}")
-    values = _build(SweepConfig, raw, "", problems, skip={"trial"})
+    values = parse_fields(SweepConfig, raw, "", problems, skip={"trial"})
     trial_raw = raw.get("trial", {})
     if not isinstance(trial_raw, dict):
         problems.append(f"trial: expected a mapping of TrialConfig fields, got {trial_raw!r}")
@@ -190,9 +200,9 @@ def parse_sweep_config(raw: Any, *, source: str) -> SweepConfig:
         dataset.dir = str(paths.root)
         trial_raw = {**trial_raw, **paths.trial_fields()}
     try:
-        values["trial"] = TrialConfig.from_dict(trial_raw, source="trial")
-    except (InputError, TypeError) as err:
-        problems.append(str(err).replace("\n", "\n  "))
+        values["trial"] = TrialConfig.from_dict(trial_raw, source="trial", prefix="trial.")
+    except InputError as err:
+        problems += err.problems
     if problems:
         raise InputError(f"{source}: invalid sweep config", problems)
     cfg = SweepConfig(**values)
@@ -224,54 +234,3 @@ def _check_ranges(cfg: SweepConfig, problems: list[str]) -> None:
                         "and reach it through an SSH tunnel (it runs arbitrary jobs)")
     if not cfg.name or "/" in cfg.name:
         problems.append(f"name: {cfg.name!r} must be a non-empty folder name")
-
-
-def _build(cls: type, raw: dict[str, Any], prefix: str, problems: list[str],
-           skip: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
-    """Type-check ``raw`` against dataclass ``cls``, recursing into nested dataclasses."""
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in sorted(set(raw) - set(fields)):
-        problems.append(f"{prefix}{key}: unknown key (valid: {sorted(fields)})")
-    missing = [name for name, f in fields.items() if name not in raw and name not in skip
-               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-    problems += [f"{prefix}{name}: required" for name in missing]
-    out: dict[str, Any] = {}
-    for name in fields:
-        if name in skip or name not in raw:
-            continue
-        value = _coerce(hints[name], raw[name], f"{prefix}{name}", problems)
-        if value is not _INVALID:
-            out[name] = value
-    return out
-
-
-_INVALID = object()
-
-
-def _coerce(hint: Any, value: Any, where: str, problems: list[str]) -> Any:
-    """``value`` checked against the type ``hint`` (dataclass, Optional, Literal, int, float, str, bool)."""
-    args = typing.get_args(hint)
-    if type(None) in args:  # X | None
-        if value is None:
-            return None
-        (hint,) = [a for a in args if a is not type(None)]
-        args = typing.get_args(hint)
-    if dataclasses.is_dataclass(hint):
-        if not isinstance(value, dict):
-            problems.append(f"{where}: expected a mapping, got {value!r}")
-            return _INVALID
-        before = len(problems)
-        built = _build(hint, value, f"{where}.", problems)
-        return hint(**built) if len(problems) == before else _INVALID
-    if typing.get_origin(hint) is Literal:
-        if value not in args:
-            problems.append(f"{where}: {value!r} is not one of {list(args)}")
-            return _INVALID
-        return value
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
-        return value
-    problems.append(f"{where}: expected {hint.__name__}, got {value!r}")
-    return _INVALID

@@ -30,7 +30,7 @@ from collections.abc import Sequence  # noqa: E402
 
 import yaml  # noqa: E402
 
-from data_prep.errors import run_cli  # noqa: E402
+from common.errors import run_cli  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_CONFIG = REPO / "sweeps" / "configs" / "local.yaml"
@@ -60,8 +60,8 @@ def make_dataset(out: Path, synthetic: dict) -> Path:
 
 def make_surgered_checkpoint(out: Path) -> Path:
     """Step 2: a tiny model saved as Phase 1 would have, then weight surgery to the native format."""
-    from data_prep.phase1_format import write_phase1_checkpoint
-    from data_prep.weight_surgery import surgery
+    from trainables.checkpoints.phase1 import write_phase1_checkpoint
+    from trainables.checkpoints.surgery import surgery
     from trainables.model import build_model
 
     phase1, surgered = out / "phase1_tiny.pt", out / SURGERED
@@ -116,14 +116,15 @@ def run_demo_sweep(config: Path) -> Path:
 
 def export_and_recheck(experiment: Path, out: Path) -> Path:
     """Step 4: export the best checkpoint and re-evaluate it; the Dice must match the reported one."""
-    from sweeps.export import export_best, format_result, load_model
+    from sweeps.export import export_best, format_result
+    from trainables.checkpoints.exported import load_exported
     from trainables.evaluate import evaluate_model
 
     best = out / "best"
     result = export_best(experiment, best, pick="dice", overwrite=True)
     print(format_result(result))
     model = result.models[0]
-    metrics = evaluate_model(*load_model(model.directory))
+    metrics = evaluate_model(*load_exported(model.directory))
     # val_dice is what the sweep optimises; presence AUROC also checks it while the tiny model's Dice is still 0
     for key in ("val_dice", "val_presence_auroc"):
         reported = float(model.metrics[key])

@@ -2,8 +2,8 @@
 
 An export directory (``sweeps/export.py``) holds ``model.pt`` (native format), ``trial_config.json`` (the
 trial's :class:`~trainables.config.TrialConfig` as a dict) and ``metrics.json``. :func:`predict_masks` runs
-that model on the first validation images the way validation does (``trainables.evaluate``): build ->
-load -> set resolution -> eval, sam3's score ``sigmoid(logits) * presence``, masks at the original size.
+that model on the first validation images through validation's own inference loop
+(:func:`trainables.inference.predict`: sam3's score ``sigmoid(logits) * presence``, masks at the original size).
 A category's predicted mask is the union of its queries scoring ``>= score_threshold`` (the Dice
 convention of :mod:`trainables.metrics`). :func:`compose_overlay` draws one image as
 ``[ground truth | prediction | legend]`` below a header strip of :data:`HEADER_PX` pixels.
@@ -102,22 +102,19 @@ def predict_masks(export_dir: Path, max_images: int) -> list[ImageMasks]:
     """Run an export's model on its first ``max_images`` validation images; thresholded masks per category."""
     import torch
     from pycocotools.coco import COCO
-    from sam3.model.utils.misc import copy_data_to_device
 
-    from sweeps.export import load_model
+    from trainables.checkpoints.exported import load_exported
     from trainables.data import build_loader
-    from trainables.evaluate import final_output, predictions_from_output
+    from trainables.inference import predict
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, cfg = load_model(export_dir, device=device)  # manifest checked, strict load, trial resolution
-    model = model.eval()
+    model, cfg = load_exported(export_dir, device=device)  # manifest checked, strict load, trial resolution
     predicted: dict[int, dict[int, np.ndarray]] = {}
-    with torch.no_grad():
-        for batch in build_loader(cfg, "val"):
+    with contextlib.closing(predict(model, build_loader(cfg, "val"), device)) as batches:
+        for predictions in batches:
             if len(predicted) >= max_images:
                 break
-            batch = copy_data_to_device(batch, device, non_blocking=True)
-            for p in predictions_from_output(final_output(model(batch)), batch.find_metadatas[0]):
+            for p in predictions:
                 kept = p.masks[p.scores >= cfg.score_threshold]
                 union = kept.any(axis=0) if len(kept) else np.zeros(p.masks.shape[1:], bool)
                 predicted.setdefault(p.image_id, {})[p.category_id] = union

@@ -27,8 +27,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from data_prep.errors import InputError, nearest_existing
-from sweeps.config import SweepConfig, is_uri
+from common.errors import InputError
+from common.paths import is_uri, nearest_existing
+from sweeps.config import SweepConfig
 
 PROBE_BYTES = 1 << 20  # a write of this size must succeed where the sweep writes
 MAX_LISTED = 20  # COCO errors listed here; `python -m data_prep.validate` lists them all
@@ -96,7 +97,8 @@ def checkpoint_problems(cfg: SweepConfig) -> list[str]:
     path = cfg.trial.checkpoint
     if not path or is_uri(path) or not Path(path).exists():
         return []  # none, remote, or already reported missing
-    from trainables.checkpoint import safe_torch_load, strip_native_prefix
+    from trainables.checkpoints.files import safe_torch_load
+    from trainables.checkpoints.native import strip_native_prefix
 
     try:
         strip_native_prefix(safe_torch_load(path, mmap=True), path)

@@ -1,4 +1,4 @@
-"""Every workaround for a Ray trap in one place, each with the reason (see shared/reference/ray_facts.md).
+"""Every workaround for a Ray trap in one place, each with the reason in its docstring.
 
 Each function here is tested in ``tests/test_sweep_driver.py`` (the W&B callback in
 ``tests/test_wandb_offline.py``); delete one when the Ray release it works around is no longer supported.

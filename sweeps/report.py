@@ -9,10 +9,10 @@ front, parameter importances). It never trains; only the overlays run a model, t
 compute, parallel coordinates, parameter importances, learning curves, per-category Dice/AP75 of the best
 trial, overlays. A figure that cannot be made is replaced by a note saying why.
 
-Conventions: a trial's ``val_dice``/``val_ap75`` are its LAST report (what Optuna was told); its status is
-Optuna's (COMPLETE, PRUNED = stopped early by ASHA, FAIL = diverged or errored), else Tune's. The best trial
-is the Pareto-optimal trial with the highest ``val_dice``; its per-category figures come from its report
-with the highest ``val_dice`` (the checkpoint the export takes).
+The sweep is read by :func:`sweeps.results.load_sweep`, whose rules the page follows: a trial's
+``val_dice``/``val_ap75`` are its LAST report (what Optuna was told); its status is Optuna's, else Tune's; the
+best trial holds the sweep's best checkpoint (the one the export takes), and its per-category figures come
+from that checkpoint's report.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import html
 import math
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,140 +33,18 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from optuna.importance import get_param_importances
-from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
+from common.errors import InputError, run_cli
 from data_prep.cass import CASS_CATEGORIES
-from data_prep.errors import InputError, run_cli
-from sweeps.config import METRIC, SECOND_OBJECTIVE
-from sweeps.optuna_search import RAY_TRIAL_ID_ATTR
+from sweeps.config import JOURNAL_FILE, METRIC, SECOND_OBJECTIVE
+from sweeps.results import SweepResults, TrialRecord, load_sweep
 
-JOURNAL_FILE = "optuna_journal.log"
 STATUS_COLOURS = {"COMPLETE": "tab:blue", "PRUNED": "tab:orange", "FAIL": "tab:red"}
 
 
 class FigureUnavailable(Exception):
     """A figure cannot be drawn from this sweep; the message is shown in the page instead."""
-
-
-@dataclass(frozen=True)
-class TrialRecord:
-    """One trial: Ray id, sampled hyperparameters, status and its reports (one row each, by step)."""
-
-    trial_id: str
-    params: dict[str, Any]
-    status: str
-    history: pd.DataFrame = field(repr=False)
-
-    def last(self, key: str) -> float:
-        """The last reported value of ``key`` (nan if never reported)."""
-        if key not in self.history:
-            return math.nan
-        values = self.history[key].dropna()
-        return float(values.iloc[-1]) if len(values) else math.nan
-
-    @property
-    def val_dice(self) -> float:
-        return self.last(METRIC)
-
-    @property
-    def val_ap75(self) -> float:
-        return self.last(SECOND_OBJECTIVE)
-
-    @property
-    def steps(self) -> int:
-        """The last reported step (0 if none)."""
-        step = self.last("step")
-        return 0 if math.isnan(step) else int(step)
-
-    @property
-    def validation_share(self) -> float:
-        """The share of the training loop's time spent validating: the reports' ``val_seconds`` over their
-        ``elapsed_s`` (which restarts from 0 when a run resumes, so each run's last value counts); nan when the
-        reports carry no timings."""
-        if "val_seconds" not in self.history or "elapsed_s" not in self.history:
-            return math.nan
-        timed = self.history[["val_seconds", "elapsed_s"]].dropna()
-        elapsed = timed["elapsed_s"].to_numpy()
-        run_ends = np.append(elapsed[1:] < elapsed[:-1], True)  # the last report before each restart, and the last
-        total = float(elapsed[run_ends].sum()) if len(elapsed) else 0.0
-        return float(timed["val_seconds"].sum()) / total if total > 0 else math.nan
-
-    def best_report(self) -> pd.Series | None:
-        """The report with the highest ``val_dice`` (None if it never validated)."""
-        if METRIC not in self.history or self.history[METRIC].isna().all():
-            return None
-        return self.history.loc[self.history[METRIC].idxmax()]
-
-
-@dataclass(frozen=True)
-class SweepResults:
-    """A sweep as the report sees it. ``pareto_ids``: Optuna's Pareto front, highest ``val_dice`` first."""
-
-    name: str
-    experiment_dir: Path
-    trials: list[TrialRecord]
-    study: optuna.Study | None
-    pareto_ids: list[str]
-    notes: list[str]
-
-    @property
-    def best(self) -> TrialRecord | None:
-        """The Pareto trial with the highest ``val_dice``; without a front, the trial with the best report."""
-        by_id = {t.trial_id: t for t in self.trials}
-        if self.pareto_ids and self.pareto_ids[0] in by_id:
-            return by_id[self.pareto_ids[0]]
-        scored = [t for t in self.trials if t.best_report() is not None]
-        return max(scored, key=lambda t: t.best_report()[METRIC], default=None)
-
-
-def load_sweep(experiment_dir: str | Path, *, journal: str | Path | None = None,
-               study_name: str | None = None) -> SweepResults:
-    """Read a sweep's Tune results and its Optuna study (``<dir>/optuna_journal.log`` unless ``journal``).
-
-    ``study_name``: default the journal's only study, else the experiment directory's name (the driver's
-    default). A missing journal is not an error: states then come from Tune and the page says so.
-    """
-    from ray.tune import ExperimentAnalysis
-
-    experiment_dir = Path(experiment_dir).absolute()
-    try:
-        analysis = ExperimentAnalysis(str(experiment_dir))
-    except (ValueError, FileNotFoundError) as err:
-        raise InputError(f"{experiment_dir}: not a Tune experiment directory ({err})") from None
-    notes: list[str] = []
-    study = load_study(Path(journal) if journal else experiment_dir / JOURNAL_FILE, study_name,
-                       experiment_dir.name, notes)
-    states = {t.user_attrs.get(RAY_TRIAL_ID_ATTR): t.state.name for t in study.trials} if study else {}
-    trials = []
-    for trial in analysis.trials:
-        history = analysis.trial_dataframes.get(trial.trial_id, pd.DataFrame())
-        if "step" in history:
-            history = history.sort_values("step", kind="stable").reset_index(drop=True)
-        trials.append(TrialRecord(trial.trial_id, dict(trial.config), states.get(trial.trial_id, trial.status),
-                                  history))
-    pareto = []
-    if study is not None:
-        front = sorted(study.best_trials, key=lambda t: -t.values[0])
-        pareto = [t.user_attrs.get(RAY_TRIAL_ID_ATTR, f"optuna-{t.number}") for t in front]
-    return SweepResults(experiment_dir.name, experiment_dir, trials, study, pareto, notes)
-
-
-def load_study(journal: Path, study_name: str | None, fallback_name: str, notes: list[str]) -> optuna.Study | None:
-    """The study ``study_name`` (default: the journal's only study, else ``fallback_name``) from a journal
-    file, or None with a note saying why."""
-    if not journal.is_file():
-        notes.append(f"no Optuna journal at {journal}: trial states come from Tune, no Pareto front or "
-                     "importances")
-        return None
-    storage = JournalStorage(JournalFileBackend(str(journal)))
-    names = optuna.get_all_study_names(storage)
-    name = study_name or (names[0] if len(names) == 1 else fallback_name)
-    if name not in names:
-        notes.append(f"{journal} has no study {name!r} (it has {names})")
-        return None
-    return optuna.load_study(study_name=name, storage=storage)
 
 
 # --- figures: each draws one PNG or raises FigureUnavailable -------------------------------------------
@@ -397,7 +275,8 @@ class Section:
 FIGURES: list[tuple[str, str, Callable[[SweepResults, Path], None], str]] = [
     ("Pareto front", "pareto.png", plot_pareto,
      f"Last {METRIC} and {SECOND_OBJECTIVE} of every trial; the dashed line joins Optuna's Pareto-optimal "
-     "completed trials; the star is the best trial (highest Dice on the front)."),
+     f"completed trials; the star is the best trial, which holds the sweep's best checkpoint (the highest {METRIC} "
+     "of any report that saved one: the checkpoint the export takes)."),
     ("Best so far against compute", "best_so_far.png", plot_best_so_far,
      f"Running maximum of every reported {METRIC}, against the trial steps spent by all trials together and "
      "against wall-clock time."),
@@ -411,7 +290,7 @@ FIGURES: list[tuple[str, str, Callable[[SweepResults, Path], None], str]] = [
      "Each trial's validation Dice and mean training loss by step. Trials stopped early by ASHA (PRUNED) "
      "or failed (FAIL: diverged or errored) end early, marked X."),
     ("Per-category scores of the best trial", "per_category.png", plot_per_category,
-     "Dice and AP75 for each of the 14 CASS segments at the best trial's best validation."),
+     "Dice and AP75 for each of the 14 CASS segments at the sweep's best checkpoint."),
 ]
 
 

@@ -24,40 +24,41 @@ if __package__ in (None, ""):  # run as a script path: make the repository root 
 import argparse  # noqa: E402
 
 import optuna  # noqa: E402
-from optuna.storages import JournalStorage  # noqa: E402
-from optuna.storages.journal import JournalFileBackend  # noqa: E402
 
-from data_prep.errors import InputError, run_cli  # noqa: E402
+from common.errors import InputError, run_cli  # noqa: E402
+from common.paths import is_uri  # noqa: E402
 from search_spaces import SearchSpec, load_search_spec  # noqa: E402
-from sweeps import ray_compat, trial_retries  # noqa: E402
-from sweeps.config import METRIC, SECOND_OBJECTIVE, TIME_ATTR, SweepConfig, is_uri, load_sweep_config  # noqa: E402
-from sweeps.optuna_search import RAY_TRIAL_ID_ATTR, ResumableOptunaSearch  # noqa: E402
-from sweeps import wandb_summary  # noqa: E402
+from sweeps import ray_compat, trial_retries, wandb_summary  # noqa: E402
+from sweeps.config import (  # noqa: E402
+    METRIC,
+    SECOND_OBJECTIVE,
+    TIME_ATTR,
+    SweepConfig,
+    load_sweep_config,
+)
+from sweeps.optuna_search import ResumableOptunaSearch  # noqa: E402
+from sweeps.results import ParetoRow, SweepResults, journal_storage, load_sweep  # noqa: E402
 
 TrainLoop = Callable[[dict], None]
 
 
 @dataclass(frozen=True)
-class ParetoRow:
-    """One Pareto-optimal trial: its Ray id, sampled hyperparameters, objectives and best checkpoint."""
-
-    trial_id: str
-    params: dict
-    val_dice: float
-    val_ap75: float
-    checkpoint_path: str | None
-
-
-@dataclass(frozen=True)
 class SweepOutcome:
-    """Where a finished sweep's results are, and its Pareto front."""
+    """A finished driver run: the sweep as :mod:`sweeps.results` reads it, where its study is, and its errors."""
 
-    experiment_dir: str
+    sweep: SweepResults
     optuna_journal: str
     study_name: str
-    pareto_front: list[ParetoRow]
     num_trials: int
     errors: dict[str, str]  # trial id -> its error, for trials that failed (not diverged, not stopped)
+
+    @property
+    def experiment_dir(self) -> str:
+        return str(self.sweep.experiment_dir)
+
+    @property
+    def pareto_front(self) -> list[ParetoRow]:
+        return self.sweep.pareto
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -79,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ray_compat.init_ray(cfg.ray.address, cfg.ray.dashboard_host, ray_env(cfg))
     try:
         outcome = run_sweep(cfg, spec, resume=args.resume)
-        wandb_summary.log_sweep_summary(cfg)
+        wandb_summary.log_sweep_summary(cfg, outcome.sweep)
     finally:
         ray.shutdown()
     print(format_outcome(outcome))
@@ -111,7 +112,9 @@ def check_inputs(cfg: SweepConfig, *, resume: bool, source: str = "the sweep con
                         "(a new run would reuse its Optuna study and enqueue points_to_evaluate again)")
     if local and resume and not Path(cfg.experiment_dir).exists():
         problems.append(f"--resume: {cfg.experiment_dir} does not exist")
-    from sweeps import preflight  # storage writable, GPUs present, checkpoint and COCO files loadable
+    from sweeps import (
+        preflight,  # storage writable, GPUs present, checkpoint and COCO files loadable
+    )
 
     problems += preflight.problems(cfg)
     if problems:
@@ -173,7 +176,7 @@ def make_trial_function(cfg: SweepConfig, train_loop: TrainLoop) -> Callable[[di
     from ray.tune.integration.ray_train import TuneReportCallback
 
     base = cfg.trial
-    train_storage = f"{cfg.experiment_dir}/train_runs"
+    train_storage = cfg.train_runs
     checkpoints = CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep, checkpoint_score_attribute=METRIC,
                                    checkpoint_score_order="max")
     failures = FailureConfig(max_failures=cfg.failure.max_failures)
@@ -214,14 +217,8 @@ def make_searcher(cfg: SweepConfig, spec: SearchSpec) -> ResumableOptunaSearch:
         metric=[METRIC, SECOND_OBJECTIVE], mode=["max", "max"],
         points_to_evaluate=spec.points_to_evaluate or None,
         sampler=samplers[cfg.searcher.sampler](seed=cfg.searcher.seed),
-        study_name=cfg.study_name, storage=journal_storage(cfg),
+        study_name=cfg.study_name, storage=journal_storage(cfg.optuna_journal),
     )
-
-
-def journal_storage(cfg: SweepConfig) -> JournalStorage:
-    """The sweep's Optuna storage (a journal file: safe for several writers, NFS included)."""
-    Path(cfg.optuna_journal).parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(cfg.optuna_journal))
 
 
 def max_concurrent_trials(cfg: SweepConfig) -> int:
@@ -255,7 +252,7 @@ def make_tune_config(cfg: SweepConfig, spec: SearchSpec):
 
 def run_sweep(cfg: SweepConfig, spec: SearchSpec, *, resume: bool = False,
               train_loop: TrainLoop | None = None) -> SweepOutcome:
-    """Run (or resume) the sweep on the already-initialised Ray; return its Pareto front and locations."""
+    """Run (or resume) the sweep on the already-initialised Ray; return it as :mod:`sweeps.results` reads it."""
     from ray import tune
 
     trainable = make_trial_function(cfg, train_loop or default_train_loop())
@@ -273,8 +270,8 @@ def run_sweep(cfg: SweepConfig, spec: SearchSpec, *, resume: bool = False,
                                       failure_config=tune.FailureConfig(max_failures=cfg.failure.max_failures)),
         )
     results = tuner.fit()
-    return SweepOutcome(experiment_dir=cfg.experiment_dir, optuna_journal=cfg.optuna_journal,
-                        study_name=cfg.study_name, pareto_front=pareto_front(cfg, results),
+    sweep = load_sweep(cfg.experiment_dir, journal=cfg.optuna_journal, study_name=cfg.study_name)
+    return SweepOutcome(sweep=sweep, optuna_journal=cfg.optuna_journal, study_name=cfg.study_name,
                         num_trials=len(results), errors=trial_errors(results))
 
 
@@ -288,29 +285,6 @@ def trial_errors(results) -> dict[str, str]:
     return errors
 
 
-def pareto_front(cfg: SweepConfig, results) -> list[ParetoRow]:
-    """Optuna's Pareto-optimal COMPLETE trials, each with its best checkpoint by val_dice."""
-    study = optuna.load_study(study_name=cfg.study_name, storage=journal_storage(cfg))
-    best_ckpt = {r.metrics.get("trial_id"): best_checkpoint(r.metrics_dataframe) for r in results}
-    rows = []
-    for t in study.best_trials:
-        rid = t.user_attrs.get(RAY_TRIAL_ID_ATTR, f"optuna-{t.number}")
-        rows.append(ParetoRow(trial_id=rid, params=t.params, val_dice=t.values[0], val_ap75=t.values[1],
-                              checkpoint_path=best_ckpt.get(rid)))
-    return sorted(rows, key=lambda r: -r.val_dice)
-
-
-def best_checkpoint(history, metric: str = METRIC) -> str | None:
-    """The ``checkpoint_path`` of the best-``metric`` report that saved one (a Tune metrics dataframe)."""
-    if history is None or "checkpoint_path" not in history or metric not in history:
-        return None
-    saved = history.dropna(subset=["checkpoint_path", metric])
-    if saved.empty:
-        return None
-    best = saved[saved[metric] == saved[metric].max()]
-    return str(best["checkpoint_path"].iloc[-1])  # ties: the latest, the one Train's retention keeps
-
-
 def format_outcome(outcome: SweepOutcome) -> str:
     """The Pareto front as a table, then where every result lives."""
     lines = [f"Pareto front ({len(outcome.pareto_front)} of {outcome.num_trials} trials; {METRIC}, "
@@ -319,6 +293,11 @@ def format_outcome(outcome: SweepOutcome) -> str:
         params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.params.items())
         lines.append(f"  {r.trial_id}  {METRIC}={r.val_dice:.4f}  {SECOND_OBJECTIVE}={r.val_ap75:.4f}  {params}")
         lines.append(f"      best checkpoint: {r.checkpoint_path}")
+    best = outcome.sweep.best_checkpoint()
+    if best is not None:
+        lines.append(f"best checkpoint (what `python -m sweeps.export` takes): {best.trial_id} step {best.step}  "
+                     f"{METRIC}={best.val_dice:.4f}  {SECOND_OBJECTIVE}={best.val_ap75:.4f}")
+        lines.append(f"      {best.checkpoint_path}")
     if outcome.errors:
         lines.append(f"failed trials ({len(outcome.errors)}):")
         lines += [f"  {trial_id}: {error}" for trial_id, error in outcome.errors.items()]
@@ -328,6 +307,8 @@ def format_outcome(outcome: SweepOutcome) -> str:
 
 
 if __name__ == "__main__":
-    from sweeps import stage2  # the importable module, so Ray pickles its functions by reference
+    from sweeps import (
+        stage2,  # the importable module, so Ray pickles its functions by reference
+    )
 
     sys.exit(run_cli(stage2.main))

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pyarrow.fs
 
-from sweeps.config import is_uri
+from common.paths import is_uri
 
 
 class TrainRunGaveUp(RuntimeError):

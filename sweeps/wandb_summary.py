@@ -4,7 +4,8 @@ Both kinds of run share ``group = <sweep name>`` (W&B has no offline "sweep" obj
 are gathered). Per trial run: config = the sampled hyperparameters, history = every numeric metric the
 trial reported (strings such as ``checkpoint_path`` are not metrics and are dropped by Ray). Summary run
 (``job_type="sweep-summary"``): config = the sweep config; tables ``trials`` (one row per trial: id,
-hyperparameters, val_dice, val_ap75, status) and ``pareto_front``; summary keys for the best trial.
+hyperparameters, val_dice, val_ap75, status) and ``pareto_front``; summary keys for the sweep's best checkpoint
+(:mod:`sweeps.results`: the one the export takes).
 
 Offline (``wandb.mode: offline``) needs no network: runs are written as ``offline-run-*`` folders for
 ``wandb sync``: a trial's under ``<trial dir>/wandb/`` (Ray's logging actor runs in the trial directory),
@@ -19,8 +20,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sweeps.config import METRIC, SECOND_OBJECTIVE, SweepConfig, is_uri
-from sweeps.report import SweepResults, load_sweep
+from common.paths import is_uri
+from sweeps.config import METRIC, SECOND_OBJECTIVE, SweepConfig
+from sweeps.results import SweepResults, load_sweep
 
 UPLOAD_TIMEOUT_S = 60  # Ray waits this long for trial runs to finish at the end (default 1800 s)
 SUMMARY_JOB_TYPE = "sweep-summary"
@@ -57,14 +59,18 @@ def pareto_rows(sweep: SweepResults) -> tuple[list[str], list[list[Any]]]:
     return columns, [by_id[i] for i in sweep.pareto_ids if i in by_id]
 
 
-def log_sweep_summary(cfg: SweepConfig) -> Path | None:
-    """Write the sweep's summary run (after ``Tuner.fit``); return its run folder (None when disabled)."""
+def log_sweep_summary(cfg: SweepConfig, sweep: SweepResults | None = None) -> Path | None:
+    """Write the sweep's summary run (after ``Tuner.fit``); return its run folder (None when disabled).
+
+    ``sweep``: the sweep as :func:`sweeps.results.load_sweep` read it (read here when not given).
+    """
     if cfg.wandb.mode == "disabled":
         return None
     import wandb
 
-    sweep = load_sweep(cfg.experiment_dir, journal=cfg.optuna_journal, study_name=cfg.study_name)
-    best = sweep.best
+    if sweep is None:
+        sweep = load_sweep(cfg.experiment_dir, journal=cfg.optuna_journal, study_name=cfg.study_name)
+    best = sweep.best_checkpoint()
     run_dir = None if is_uri(cfg.storage_path) else cfg.experiment_dir
     run = wandb.init(project=cfg.wandb.project, group=cfg.name, name=f"{cfg.name}-summary",
                      job_type=SUMMARY_JOB_TYPE, dir=run_dir, mode=cfg.wandb.mode,
@@ -74,8 +80,8 @@ def log_sweep_summary(cfg: SweepConfig) -> Path | None:
         run.summary.update({"num_trials": len(sweep.trials),
                             "num_completed": sum(t.status == "COMPLETE" for t in sweep.trials)})
         if best is not None:
-            run.summary.update({"best_trial_id": best.trial_id, f"best_{METRIC}": best.val_dice,
-                                f"best_{SECOND_OBJECTIVE}": best.val_ap75})
+            run.summary.update({"best_trial_id": best.trial_id, "best_step": best.step, f"best_{METRIC}": best.val_dice,
+                                f"best_{SECOND_OBJECTIVE}": best.val_ap75, "best_checkpoint": best.checkpoint_path})
         return Path(run.dir).parent
     finally:
         run.finish()

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from common.errors import run_cli
 from data_prep import cass
 from data_prep.arcade import SYNTAX_TO_CASS, main
-from data_prep.errors import run_cli
 from data_prep.layout import DatasetPaths
 from data_prep.validate import validate_dataset
 

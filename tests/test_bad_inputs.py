@@ -4,7 +4,7 @@ Every row breaks ONE thing in an otherwise good input (COCO files, images, sweep
 checkpoints, sweep folders) and runs one of the four entry points:
 
     python -m data_prep.validate        ANNOTATIONS.json [...] --images DIR
-    python -m data_prep.weight_surgery  IN OUT --preset tiny
+    python -m trainables.checkpoints.surgery  IN OUT --preset tiny
     python sweeps/stage2.py             --config X --dry-run
     python -m sweeps.export             EXPERIMENT_DIR --out DIR
 
@@ -12,7 +12,7 @@ and checks the same contract for all of them: exit status 2; ONE error (one ``er
 top-level ``  - `` item; no traceback) that names the file and the field or place that is wrong; and no
 partial output (the workspace's file listing is unchanged, so nothing was written or left half-written,
 and a malicious pickle's payload did not run). The per-module tests (test_validate.py,
-test_weight_surgery.py, test_sweep_config.py, test_search_spaces.py, test_export.py) hold more cases at
+test_surgery.py, test_sweep_config.py, test_search_spaces.py, test_export.py) hold more cases at
 the function level; this table is self-contained and runs on its own in a few seconds.
 
 Decided, not an error: a CASS category with no instance in a file (e.g. a rare segment absent from the
@@ -34,15 +34,16 @@ import pytest
 import torch
 import yaml
 
-from data_prep import validate, weight_surgery
-from data_prep.errors import run_cli
+from common.errors import run_cli
+from data_prep import validate
 from data_prep.layout import DatasetPaths
-from data_prep.phase1_format import write_phase1_checkpoint
 from sweeps import export, ray_compat, stage2
-from trainables.checkpoint import save_native
+from trainables.checkpoints import surgery
+from trainables.checkpoints.native import save_native
+from trainables.checkpoints.phase1 import write_phase1_checkpoint
 from trainables.model import build_model
 
-CLIS = {"validate": validate.main, "surgery": weight_surgery.main, "stage2": stage2.main, "export": export.main}
+CLIS = {"validate": validate.main, "surgery": surgery.main, "stage2": stage2.main, "export": export.main}
 LOCAL_SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "local.yaml"
 
 
@@ -314,7 +315,7 @@ CASES: dict[str, Case] = {
         ws, {"params": {"use_gpu": {"type": "choice", "values": [True, False]}}}, "params.use_gpu",
         "fixed per sweep")),
     "space: NaN bound": Case("stage2", "search space", lambda ws: _space(
-        ws, "params:\n  loss_ce: {type: uniform, low: .nan, high: 100}\n", "params.loss_ce", "not a finite")),
+        ws, "params:\n  loss_ce: {type: uniform, low: .nan, high: 100}\n", "params.loss_ce", "expected a finite float")),
     "space: resolution choice not a multiple of 14": Case("stage2", "search space", lambda ws: _space(
         ws, {"params": {"resolution": {"type": "choice", "values": [224, 500]}}}, "params.resolution",
         "value 500")),
@@ -331,8 +332,8 @@ CASES: dict[str, Case] = {
         "trial.checkpoint", "truncated or corrupt")),
     "checkpoint: trial.checkpoint not surgered (sam3. prefix)": Case("stage2", "checkpoint", lambda ws: _dry_run(
         ws, _trial(checkpoint=str(ws.torch_file("phase1_flat.pt", dict(ws.phase1_state)))),
-        lambda ws: ws.path("phase1_flat.pt"), "trial.checkpoint", "'detector.' prefix", "weight_surgery")),
-    # --- checkpoints: Phase 1 files (python -m data_prep.weight_surgery IN OUT --preset tiny) ---
+        lambda ws: ws.path("phase1_flat.pt"), "trial.checkpoint", "'detector.' prefix", "trainables.checkpoints.surgery")),
+    # --- checkpoints: Phase 1 files (python -m trainables.checkpoints.surgery IN OUT --preset tiny) ---
     "surgery: Phase 1 file truncated": Case("surgery", "checkpoint", lambda ws: _surgery(
         ws, _cut(ws, ws.phase1(), "cut.pth", 100_000), "truncated or corrupt")),
     "surgery: pickle that would run code": Case("surgery", "checkpoint", lambda ws: _surgery(

@@ -27,9 +27,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from data_prep.errors import InputError
+from common.errors import InputError
 from sweeps.ray_compat import free_port
-from trainables.checkpoint import safe_torch_load
+from trainables.checkpoints.files import safe_torch_load
+from trainables.checkpoints.trial import MODEL_FILE
 from trainables.config import TrialConfig
 from trainables.data import build_loader
 from trainables.loss import build_loss
@@ -37,7 +38,6 @@ from trainables.model import build_model, freeze_text_encoder
 from trainables.optim import build_optimizer, build_scheduler, lr_factor
 from trainables.prompt_cache import disable_prompt_cache, enable_prompt_cache
 from trainables.trial import run_trial, train_step
-from trainables.trial_checkpoint import MODEL_FILE
 
 WORLD = 2
 PROMPTS = ["proximal rca", "mid lad", "distal lcx"]

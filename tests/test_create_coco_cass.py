@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from common.errors import run_cli
 from data_prep import cass
 from data_prep.create_coco_cass import main
-from data_prep.errors import run_cli
 
 PATIENTS = ("P1", "P2", "P3")
 SIZE = 40

@@ -13,9 +13,9 @@ from PIL import Image
 from sam3.model.box_ops import box_cxcywh_to_xyxy
 from sam3.model.data_misc import BatchedDatapoint
 
+from common.errors import InputError
 from data_prep import cass
 from data_prep.coco_io import coco_document, mask_annotation, write_json_atomic
-from data_prep.errors import InputError
 from trainables.config import TrialConfig
 from trainables.data import CassDataset, build_loader, iter_prompt_chunks, resize_scales
 

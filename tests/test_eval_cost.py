@@ -7,7 +7,7 @@ Specification:
 - a part timer accumulates wall time per name until taken;
 - scoring column-major masks (the validation pass's layout) gives the metrics of row-major ones, and
   faster-coco-eval, where installed, those of pycocotools;
-- one command runs both parts end to end and appends both tables to BENCHMARKS.md.
+- one command runs both parts end to end and appends both tables to BENCHMARKS-LOG.md.
 """
 
 from __future__ import annotations
@@ -70,14 +70,14 @@ def test_faster_coco_eval_gives_pycocotools_metrics_on_the_same_predictions():
 
 
 def test_one_command_prints_and_appends_both_parts(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(bench.common, "BENCHMARKS", tmp_path / "BENCHMARKS.md")
+    monkeypatch.setattr(bench.common, "LOG", tmp_path / "BENCHMARKS-LOG.md")
 
     assert eval_cost.main(["--images", "2", "--size", "96", "--steps", "4", "--val-every", "2", "--val", "2",
                            "--train", "4", "--threads", "1"]) == 0
 
     printed = capsys.readouterr().out
     assert "| pycocotools |" in printed and "| column-major masks |" in printed and "Validation share of trial time" in printed
-    appended = (tmp_path / "BENCHMARKS.md").read_text()
+    appended = (tmp_path / "BENCHMARKS-LOG.md").read_text()
     assert "### Validation cost: scoring per image" in appended
     assert "### Validation cost: share of a tiny-preset trial" in appended
     rows = [line.split(" | ") for line in appended.splitlines() if line.startswith(("| 2 | ", "| 4 | "))]

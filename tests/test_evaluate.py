@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainables.evaluate import predictions_from_output
+from trainables.inference import predictions_from_output
 
 HEIGHT, WIDTH, LOW_RES, QUERIES = 40, 56, 12, 8
 
@@ -83,7 +83,7 @@ def test_batched_validation_predicts_each_image_as_one_image_batches_do(syntheti
 
     from trainables.config import TrialConfig
     from trainables.data import build_loader
-    from trainables.evaluate import final_output
+    from trainables.inference import final_output
     from trainables.model import build_model
 
     model = build_model("tiny", seed=0).eval()

@@ -27,18 +27,17 @@ import ray
 import torch
 import yaml
 
-from data_prep.errors import InputError, run_cli
+from common.errors import InputError, run_cli
 from search_spaces import load_search_spec
 from sweeps import ray_compat
 from sweeps.config import parse_sweep_config
-from sweeps.export import (
-    MANIFEST, choose, export_best, load_model, load_with_sam3, locate_checkpoint, main, verify_export,
-)
+from sweeps.export import choose, export_best, locate_checkpoint, main
 from sweeps.stage2 import run_sweep
-from trainables.checkpoint import safe_torch_load
+from trainables.checkpoints.exported import MANIFEST, load_exported, load_with_sam3, verify_export
+from trainables.checkpoints.files import safe_torch_load
+from trainables.checkpoints.trial import load_model_weights
 from trainables.model import build_model
 from trainables.resolution import current_resolution
-from trainables.trial_checkpoint import load_model_weights
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # tests/ is not importable on workers
 
@@ -50,10 +49,10 @@ RESOLUTION = 336  # not the tiny preset's native 224: the export must set it aft
 
 def checkpointing_train_loop(config: dict) -> None:
     """TEST STAND-IN: real tiny model, real optimizer steps and trial checkpoints; scripted metrics."""
+    from trainables.checkpoints.trial import save_trial_checkpoint
     from trainables.config import TrialConfig
     from trainables.model import build_model
     from trainables.optim import build_optimizer, build_scheduler
-    from trainables.trial_checkpoint import save_trial_checkpoint
 
     trial = TrialConfig.from_dict(config["trial"])
     torch.set_num_threads(1)
@@ -155,7 +154,7 @@ def test_a_tampered_or_added_file_fails_verification(dice_export, tmp_path):
 
 
 def test_strict_reload_gives_the_trial_checkpoints_parameters_bitwise_at_the_trial_resolution(dice_export):
-    model, cfg = load_model(dice_export.out)
+    model, cfg = load_exported(dice_export.out)
     assert current_resolution(model) == RESOLUTION and cfg.resolution == RESOLUTION
     reference = build_model("tiny", seed=123)
     load_model_weights(checkpoint_of(dice_export.out), reference)
@@ -220,7 +219,7 @@ def test_a_missing_experiment_exits_2_and_creates_nothing(tmp_path, capsys):
 def test_a_folder_that_is_not_a_tune_experiment_exits_2(tmp_path, capsys):
     (tmp_path / "sweep").mkdir()
     assert run_cli(main, [str(tmp_path / "sweep"), "--out", str(tmp_path / "best")]) == 2
-    assert "not a Tune experiment folder" in capsys.readouterr().err
+    assert "not a Tune experiment directory" in capsys.readouterr().err
     assert not (tmp_path / "best").exists()
 
 
@@ -284,7 +283,7 @@ def test_a_pyarrow_uri_experiment_is_read_through_its_filesystem(experiment, tmp
 def test_on_tied_scores_the_latest_checkpoint_is_the_best_one_as_trains_retention_keeps_it():
     import pandas as pd
 
-    from sweeps.stage2 import best_checkpoint
+    from sweeps.results import best_checkpoint
 
     history = pd.DataFrame({"step": [5, 10, 15], "val_dice": [0.0, 0.0, 0.0],
                             "checkpoint_path": ["a", "b", "c"]})

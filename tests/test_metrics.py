@@ -19,8 +19,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from common.errors import InputError
 from data_prep.cass import BY_SHORT_NAME, CASS_CATEGORIES
-from data_prep.errors import InputError
 from trainables.metrics import CassEvaluator, PromptPrediction, auroc
 
 SIZE = 32

@@ -12,7 +12,7 @@ import pytest
 import torch
 from sam3.model.sam3_image import Sam3Image
 
-from data_prep.errors import InputError
+from common.errors import InputError
 from trainables.model import bpe_path, build_model, freeze_text_encoder, param_groups
 from trainables.resolution import current_resolution
 

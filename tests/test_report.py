@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import os
 import shutil
 import subprocess
 import sys
@@ -32,17 +31,9 @@ from data_prep.cass import CASS_CATEGORIES
 from search_spaces import load_search_spec
 from sweeps import ray_compat
 from sweeps.config import parse_sweep_config
-from sweeps.overlays import HEADER_PX, ImageMasks, compose_overlay, ground_truth_masks, rgb, SEGMENT_COLOURS
-from sweeps.report import (
-    FIGURES,
-    FigureUnavailable,
-    SweepResults,
-    build_report,
-    compute_events,
-    load_sweep,
-    main,
-    param_importances,
-)
+from sweeps.overlays import HEADER_PX, SEGMENT_COLOURS, ImageMasks, compose_overlay, ground_truth_masks, rgb
+from sweeps.report import FIGURES, FigureUnavailable, build_report, compute_events, main, param_importances
+from sweeps.results import SweepResults, load_sweep
 from sweeps.stage2 import run_sweep
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # tests/ is not importable on workers
@@ -106,8 +97,8 @@ def experiment(tmp_path_factory):
 @pytest.fixture(scope="module")
 def export_dir(synthetic_dataset, tmp_path_factory):
     """An export directory as sweeps/export.py writes it: a tiny untrained model that predicts everywhere."""
-    from sweeps.export import write_manifest
-    from trainables.checkpoint import save_native
+    from trainables.checkpoints.exported import write_manifest
+    from trainables.checkpoints.native import save_native
     from trainables.config import TrialConfig
     from trainables.model import build_model
 
@@ -169,7 +160,7 @@ def test_the_trials_table_shows_each_trials_time_spent_validating(report, experi
 
 
 def test_validation_share_counts_each_resumed_runs_time_once():
-    from sweeps.report import TrialRecord
+    from sweeps.results import TrialRecord
 
     def share(history: dict) -> float:
         return TrialRecord("t", {}, "COMPLETE", pd.DataFrame(history)).validation_share
@@ -254,14 +245,16 @@ def test_importances_need_two_completed_trials_and_say_so():
 
 
 def test_a_diverged_trial_is_listed_without_scores_and_drawn_where_it_has_data(tmp_path):
-    from sweeps.report import FIGURES, TrialRecord, make_figure, trials_table
+    from sweeps.report import FIGURES, make_figure, trials_table
+    from sweeps.results import ParetoRow, TrialRecord
 
     good = TrialRecord("good", {"lr_transformer": 8e-5}, "COMPLETE", pd.DataFrame({
         "step": [2, 4], "val_dice": [0.3, 0.6], "val_ap75": [0.2, 0.5], "train_loss": [2.0, 1.0],
         "timestamp": [100, 110], "time_total_s": [5.0, 15.0]}))
     diverged = TrialRecord("diverged", {"lr_transformer": 3e-4}, "FAIL", pd.DataFrame({
         "step": [2], "diverged": [True], "train_loss": [float("nan")], "timestamp": [120], "time_total_s": [4.0]}))
-    sweep = SweepResults("hand-made", tmp_path, [good, diverged], study=None, pareto_ids=["good"], notes=[])
+    sweep = SweepResults("hand-made", tmp_path, [good, diverged], study=None,
+                         pareto=[ParetoRow("good", good.params, 0.6, 0.5, None)], notes=[])
     table = trials_table(sweep)
     assert "<td>diverged</td><td>FAIL</td><td>2</td><td>0.0003</td><td>n/a</td><td>n/a</td>" in table
     sections = {s.title: s for s in (make_figure(sweep, tmp_path, *figure) for figure in FIGURES)}
@@ -274,7 +267,7 @@ def test_a_diverged_trial_is_listed_without_scores_and_drawn_where_it_has_data(t
 def test_a_sweep_without_results_gets_a_page_of_notes_not_a_crash(tmp_path):
     from sweeps.report import FIGURES, make_figure
 
-    empty = SweepResults("empty", tmp_path, trials=[], study=None, pareto_ids=[], notes=[])
+    empty = SweepResults("empty", tmp_path, trials=[], study=None, pareto=[], notes=[])
     sections = [make_figure(empty, tmp_path, *figure) for figure in FIGURES]
     assert all(s.note and not s.images for s in sections)
     assert not list(tmp_path.glob("*.png"))
@@ -289,7 +282,7 @@ def test_the_command_line_without_an_export_notes_how_to_get_overlays(experiment
 
 
 def test_a_directory_that_is_not_a_sweep_is_refused(tmp_path, capsys):
-    from data_prep.errors import run_cli
+    from common.errors import run_cli
 
     assert run_cli(main, [str(tmp_path), "--out", str(tmp_path / "page")]) == 2
     assert "not a Tune experiment directory" in capsys.readouterr().err

@@ -8,7 +8,7 @@ import pytest
 import torch
 from test_model import final_outputs, make_batch
 
-from data_prep.errors import InputError
+from common.errors import InputError
 from trainables.model import build_model, build_tiny
 from trainables.resolution import current_resolution, global_attention_blocks, set_resolution
 

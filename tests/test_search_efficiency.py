@@ -154,7 +154,7 @@ def test_train_keeps_the_final_weights_in_sams_native_format(synthetic_dataset, 
     """What ``--init pretrained`` starts every trial from: the pretraining run's last checkpoint, loadable."""
     import torch
 
-    from trainables.checkpoint import load_native
+    from trainables.checkpoints.native import load_native
     from trainables.model import build_model
 
     weights = tmp_path / "pretrained-2" / "model.pt"

@@ -6,7 +6,7 @@ import pytest
 import yaml
 from ray import tune
 
-from data_prep.errors import InputError
+from common.errors import InputError
 from search_spaces import load_search_space, load_search_spec
 from trainables.config import TrialConfig
 
@@ -76,7 +76,7 @@ def test_yaml_1_1_exponent_strings_are_read_as_numbers(tmp_path):
      "params.resolution: value 1000 is rejected by TrialConfig"),
     ({"loss_ce": {"type": "uniform", "low": -1, "high": 2}}, "params.loss_ce: bound -1.0 is rejected"),
     ({"loss_ce": {"type": "uniform", "low": 1}}, "params.loss_ce: type uniform takes exactly the keys"),
-    ({"loss_ce": {"type": "uniform", "low": "x", "high": 2}}, "params.loss_ce: 'x' is not a number"),
+    ({"loss_ce": {"type": "uniform", "low": "x", "high": 2}}, "params.loss_ce: expected float, got 'x'"),
     ({"warmup_steps": {"type": "uniform", "low": 0, "high": 100}}, "params.warmup_steps: warmup_steps is an integer"),
     ({"loss_ce": {"type": "randint", "low": 1, "high": 5}}, "params.loss_ce: loss_ce is a float"),
     ({"loss_ce": 20}, "params.loss_ce: expected a mapping with a 'type' key"),

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from data_prep.errors import InputError
+from common.errors import InputError
 from sweeps.config import load_sweep_config, parse_sweep_config
 
 MINIMAL = {"name": "s", "storage_path": "/tmp/sweeps", "search_space": "search_spaces/local.yaml",
@@ -80,12 +80,12 @@ def test_a_uri_storage_needs_an_explicit_journal():
     ({"scheduler": {"reduction_factor": 1}}, "scheduler.reduction_factor: 1 must be >= 2"),
     ({"ray": {"dashboard_host": "0.0.0.0"}}, "ray.dashboard_host: '0.0.0.0'"),
     ({"trial": {"resolution": 1000}}, "resolution: 1000 must be a positive multiple"),
-    ({"trial": {"max_stepz": 200}}, "unknown trial setting(s) ['max_stepz']"),
-    ({"trial": {"batch_size": 2.5}}, "batch_size: 2.5 is a float, expected int"),
-    ({"trial": {"hflip": "yes"}}, "hflip: 'yes' is a str, expected bool"),
-    ({"trial": {"lr_vision": "fast"}}, "lr_vision: 'fast' is a str, expected float"),
-    ({"trial": {"checkpoint": 3}}, "checkpoint: 3 is a int, expected str or null"),
-    ({"trial": {"val_batch_size": 0}}, "val_batch_size: 0 must be an integer >= 1, or null"),
+    ({"trial": {"max_stepz": 200}}, "trial.max_stepz: unknown key"),
+    ({"trial": {"batch_size": 2.5}}, "trial.batch_size: expected int, got 2.5"),
+    ({"trial": {"hflip": "yes"}}, "trial.hflip: expected bool, got 'yes'"),
+    ({"trial": {"lr_vision": "fast"}}, "trial.lr_vision: expected float, got 'fast'"),
+    ({"trial": {"checkpoint": 3}}, "trial.checkpoint: expected str or null, got 3"),
+    ({"trial": {"val_batch_size": 0}}, "trial.val_batch_size: 0 must be an integer >= 1, or null"),
     ({"dataset": {"dir": "d"}, "trial": {"train_json": "t.json"}},
      "trial: ['train_json'] come from dataset.dir"),
     ({"dataset": {"synthetic": {"train": 2}}}, "dataset.dir: required"),

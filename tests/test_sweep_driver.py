@@ -20,12 +20,13 @@ import ray
 import yaml
 from optuna.trial import TrialState
 
-from data_prep.errors import InputError
+from common.errors import InputError
 from search_spaces import load_search_spec
 from sweeps import ray_compat
 from sweeps.config import parse_sweep_config
 from sweeps.optuna_search import RAY_TRIAL_ID_ATTR, optuna_state
-from sweeps.stage2 import check_inputs, format_outcome, journal_storage, main, run_sweep
+from sweeps.results import journal_storage
+from sweeps.stage2 import check_inputs, format_outcome, main, run_sweep
 from trainables.trial import diverged_report
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # tests/ is not importable on workers
@@ -90,7 +91,7 @@ def finished_sweep(ray_local, tmp_path_factory):
 
 def test_a_sweep_prunes_asha_stopped_trials_fails_diverged_ones_and_prints_the_pareto_front(finished_sweep):
     cfg, outcome = finished_sweep
-    study = optuna.load_study(study_name=cfg.study_name, storage=journal_storage(cfg))
+    study = optuna.load_study(study_name=cfg.study_name, storage=journal_storage(cfg.optuna_journal))
     by_lr = {t.params["lr_transformer"]: t for t in study.trials}
     assert by_lr[BASELINE_LR].state == TrialState.COMPLETE
     assert by_lr[POOR_LR].state == TrialState.PRUNED  # ASHA stopped it at step 2 (< max_steps 8)
@@ -110,7 +111,7 @@ def test_a_sweep_prunes_asha_stopped_trials_fails_diverged_ones_and_prints_the_p
 def test_resuming_a_finished_sweep_reloads_its_study_without_enqueuing_the_baseline_again(finished_sweep):
     cfg, outcome = finished_sweep
     resumed = run_sweep(cfg, load_search_spec(cfg.search_space), resume=True, train_loop=fake_train_loop)
-    study = optuna.load_study(study_name=cfg.study_name, storage=journal_storage(cfg))
+    study = optuna.load_study(study_name=cfg.study_name, storage=journal_storage(cfg.optuna_journal))
     assert len(study.trials) == 3
     assert resumed.pareto_front == outcome.pareto_front
 

@@ -33,7 +33,7 @@ from optuna.trial import TrialState
 from search_spaces import load_search_spec
 from sweeps.config import load_sweep_config
 from sweeps.optuna_search import RAY_TRIAL_ID_ATTR
-from sweeps.stage2 import journal_storage
+from sweeps.results import journal_storage
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_SAMPLES = 4
@@ -72,7 +72,7 @@ def snapshot(cfg) -> dict[int, optuna.trial.FrozenTrial]:
     if not Path(cfg.optuna_journal).exists():
         return {}
     try:
-        study = optuna.load_study(study_name=cfg.study_name, storage=journal_storage(cfg))
+        study = optuna.load_study(study_name=cfg.study_name, storage=journal_storage(cfg.optuna_journal))
     except KeyError:  # the study is not created yet
         return {}
     return {t.number: t for t in study.get_trials(deepcopy=False)}
@@ -82,8 +82,8 @@ def kill_driver_and_its_ray(driver: subprocess.Popen) -> None:
     """SIGKILL the driver's process group, then every process it had started that is still alive.
 
     Ray's worker processes start sessions of their own (another process group), so killing the group
-    alone leaves some behind (ray_facts: two helpers orphaned). Only the driver's descendants are
-    touched: other Ray clusters on this machine are left alone.
+    alone leaves some behind (two Ray helper processes were left orphaned when this was tried). Only the
+    driver's descendants are touched: other Ray clusters on this machine are left alone.
     """
     descendants = psutil.Process(driver.pid).children(recursive=True)
     os.killpg(driver.pid, signal.SIGKILL)  # start_new_session=True: the group id is the driver's pid

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainables.checkpoint import safe_torch_load
+from trainables.checkpoints.files import safe_torch_load
+from trainables.checkpoints.trial import MODEL_FILE, STATE_FILE, load_trainer_state
 from trainables.config import TrialConfig
 from trainables.trial import run_trial
-from trainables.trial_checkpoint import MODEL_FILE, STATE_FILE, load_trainer_state
 
 FAST = dict(lr_transformer=1e-3, lr_vision=1e-3, lr_language=1e-3, warmup_steps=2, grad_clip=1.0,
             category_chunk_size=14, cpu_threads_per_worker=1, num_workers=1)

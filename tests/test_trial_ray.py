@@ -10,9 +10,9 @@ from ray.train import CheckpointConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from sweeps import ray_compat
+from trainables.checkpoints.trial import MODEL_FILE, STATE_FILE
 from trainables.config import TrialConfig
 from trainables.train_loop import train_loop_per_worker
-from trainables.trial_checkpoint import MODEL_FILE, STATE_FILE
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ import shutil
 import pytest
 from PIL import Image
 
-from data_prep.errors import InputError, run_cli
+from common.errors import InputError, run_cli
 from data_prep.synthetic import generate_dataset
 from data_prep.validate import main, validate_coco, validate_dataset
 

@@ -23,7 +23,8 @@ import yaml
 from search_spaces import load_search_spec
 from sweeps import ray_compat
 from sweeps.config import parse_sweep_config
-from sweeps.report import build_report, load_sweep
+from sweeps.report import build_report
+from sweeps.results import load_sweep
 from sweeps.stage2 import run_sweep
 from sweeps.wandb_summary import SUMMARY_JOB_TYPE, log_sweep_summary, trial_callbacks
 

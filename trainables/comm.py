@@ -1,8 +1,8 @@
 """Gradient communication under DDP: optional bf16 compression and an all-reduce meter.
 
 Over Gloo (the Windows 2x RTX 3090 set-up: no NCCL) the fp32 all-reduce of SAM3's gradients costs more than
-the compute step (reference: 1.59 s per step for 840.5 M parameters at 2.1 GB/s, against 0.62 s of compute
-at 672 px tf32). The levers this project offers, all :class:`~trainables.config.TrialConfig` settings:
+the compute step without accumulation (BENCHMARKS.md, "GPU reference" and "Gradient communication over
+Gloo"). The levers this project offers, all :class:`~trainables.config.TrialConfig` settings:
 
 - ``grad_compression="bf16"``: torch's own ``bf16_compress_hook`` (cast each 25 MiB bucket to bf16, divide
   by the world size, all-reduce, cast back): half the bytes; the averaged gradient carries bf16 rounding

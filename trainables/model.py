@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from data_prep.errors import InputError
+from common.errors import InputError
 from trainables import sam3_compat
 from trainables.resolution import mark_native_resolution, set_resolution
 
@@ -56,7 +56,7 @@ def build_model(preset: str = "tiny", resolution: int | None = None, *, device: 
         device: where the model lives (the resolution caches are rebuilt there).
         seed: seeds the initialisation without touching the caller's global RNG state.
 
-    Load a checkpoint (``trainables.checkpoint.load_native``) after this call; it works at any resolution.
+    Load a checkpoint (``trainables.checkpoints.native.load_native``) after this call; it works at any resolution.
     """
     if preset not in PRESETS:
         raise InputError(f"unknown model preset {preset!r}; choose one of {list(PRESETS)}")
@@ -175,7 +175,7 @@ def set_optional_activation_checkpointing(model: nn.Module, enabled: bool) -> No
     the whole segmentation head (``Sam3Image.use_act_checkpoint_seg_head``) and its pixel decoder (sam3's
     builder turns all five on, as does the tiny preset).
 
-    Off trades memory for speed (the H200 reference: 672 tf32 0.62 -> 0.53 s/step, 19.3 -> 26.9 GiB). The
+    Off trades memory for speed (BENCHMARKS.md, "GPU, runs 3 and 4": step time and peak memory). The
     fusion encoder and decoder keep theirs: sam3 asserts it in training mode (see
     :func:`configure_activation_checkpointing`'s "none").
     """

@@ -22,7 +22,7 @@ import warnings
 import torch
 from torch import nn
 
-from data_prep.errors import InputError
+from common.errors import InputError
 
 _NATIVE_ATTR = "cass_native_resolution"
 

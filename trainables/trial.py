@@ -29,6 +29,14 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from trainables.checkpoints.native import load_native
+from trainables.checkpoints.trial import (
+    load_model_weights,
+    load_saved_metrics,
+    load_trainer_state,
+    restore_rng,
+    save_trial_checkpoint,
+)
 from trainables.comm import register_grad_compression
 from trainables.config import TrialConfig
 from trainables.data import build_loader, iter_prompt_chunks
@@ -37,18 +45,10 @@ from trainables.evaluate import validate
 from trainables.loss import build_loss, training_step_loss
 from trainables.metrics import CassEvaluator
 from trainables.model import build_model, configure_activation_checkpointing, freeze_text_encoder
-from trainables.checkpoint import load_native
 from trainables.optim import build_optimizer, build_scheduler
 from trainables.precision import autocast_context, configure_precision
 from trainables.prompt_cache import enable_prompt_cache
 from trainables.resolution import set_resolution
-from trainables.trial_checkpoint import (
-    load_model_weights,
-    load_saved_metrics,
-    load_trainer_state,
-    restore_rng,
-    save_trial_checkpoint,
-)
 
 log = logging.getLogger(__name__)
 

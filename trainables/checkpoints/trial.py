@@ -2,7 +2,7 @@
 
 Layout of a checkpoint directory (what ``ray.train.Checkpoint.from_directory`` wraps):
 
-- ``model.pt``: the weights in the native format (:mod:`trainables.checkpoint`), loadable by sam3's
+- ``model.pt``: the weights in the native format (:mod:`trainables.checkpoints.native`), loadable by sam3's
   own builder and by the export; RoPE tables at the preset's native grid.
 - ``trainer_state.pt``: optimizer, LR scheduler, the number of optimizer steps taken, RNG states.
 - ``metrics.json``: the metrics reported with this checkpoint and the trial config (for humans/export).
@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainables.checkpoint import load_native, safe_torch_load, save_native
+from trainables.checkpoints.files import safe_torch_load
+from trainables.checkpoints.native import load_native, save_native
 
 MODEL_FILE = "model.pt"
 STATE_FILE = "trainer_state.pt"

@@ -1,7 +1,7 @@
-"""Write a sam3 model the way the Phase 1 training wrapper saved it (for the demo and the tests).
+"""The Phase 1 training wrapper's checkpoint format: write a sam3 model the way it saved one (demo, tests).
 
 Real Phase 1 checkpoints come from the users' domain-adaptation runs; this module produces a file of
-the same shape from any model so that ``data_prep.weight_surgery`` can be exercised end to end:
+the same shape from any model so that :mod:`trainables.checkpoints.surgery` can be exercised end to end:
 ``{"model": {"sam3.<key>": tensor, "seg_head.*": ..., "view_encoder.*": ...}, "epoch": N}`` with the RoPE
 tables at the resolution Phase 1 trained at (672 px in the Stage 2 notes), not the native grid.
 """

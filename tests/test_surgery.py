@@ -1,4 +1,4 @@
-"""Specification of data_prep.weight_surgery and the native checkpoint format (trainables.checkpoint)."""
+"""Specification of trainables.checkpoints.surgery and the native checkpoint format (trainables.checkpoints.native)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_prep.errors import InputError
-from data_prep.phase1_format import write_phase1_checkpoint
-from data_prep.weight_surgery import extra_path, main
-from trainables.checkpoint import PREFIX, load_native, safe_torch_load, save_native
+from common.errors import InputError
+from trainables.checkpoints.files import safe_torch_load
+from trainables.checkpoints.native import PREFIX, load_native, save_native
+from trainables.checkpoints.phase1 import write_phase1_checkpoint
+from trainables.checkpoints.surgery import extra_path, main
 from trainables.model import build_model
-from trainables.resolution import global_attention_blocks, rope_table, set_resolution
+from trainables.resolution import global_attention_blocks, set_resolution
 
 
 def surgery_cli(src: Path, dst: Path, *extra: str) -> int:
-    from data_prep.errors import run_cli
+    from common.errors import run_cli
 
     return run_cli(main, [str(src), str(dst), "--preset", "tiny", *extra])
 

@@ -7,26 +7,22 @@ builder loads it whatever resolution the model was trained at.
 
 :func:`load_native` works at any current resolution: RoPE tables are not learned, so the file's tables
 are checked against sam3's own table at the native grid and the model keeps its current ones.
-Files are always read with ``torch.load(weights_only=True)``: a pickle that would run code is refused.
+Files are always read with :func:`~trainables.checkpoints.files.safe_torch_load` (``weights_only=True``).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import os
-import pickle
-import tempfile
-import zipfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from data_prep.errors import InputError
+from common.errors import InputError
+from trainables.checkpoints.files import atomic_torch_save, safe_torch_load
 from trainables.resolution import global_attention_blocks, native_resolution, patch_size, rope_table
 
 PREFIX = "detector."
@@ -105,53 +101,6 @@ def save_native(model: nn.Module, path: str | os.PathLike) -> None:
     atomic_torch_save(native_state_dict(model), path)
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def safe_torch_load(path: str | os.PathLike, *, mmap: bool = False) -> Any:
-    """``torch.load(weights_only=True)`` on the CPU, with an :class:`InputError` that says what is wrong.
-
-    ``mmap``: map the tensors' bytes instead of reading them (checking a large file's keys costs no
-    memory); used only for zip-format files, the only ones ``torch.load`` can map.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: checkpoint file not found")
-    if path.stat().st_size == 0:
-        raise InputError(f"{path}: checkpoint file is empty (an interrupted write?)")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
-    except pickle.UnpicklingError as err:
-        detail = _unpickler_detail(str(err))
-        if "Unsupported global" in detail:
-            raise InputError(f"{path}: refused: the file holds pickled Python objects that would run code when "
-                             f"loaded; only tensors and plain containers are accepted ({detail})") from None
-        raise InputError(f"{path}: not a readable torch checkpoint, truncated or corrupt ({detail})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(f"{path}: truncated or corrupt checkpoint ({type(err).__name__}: {first})") from None
-
-
-def _unpickler_detail(message: str) -> str:
-    """The one informative line of torch's weights-only error (it buries it in advice)."""
-    text = " ".join(message.split())
-    marker = "WeightsUnpickler error:"
-    if marker in text:
-        text = text.split(marker, 1)[1]
-    return text.split(" Check the documentation", 1)[0].split(". Please use", 1)[0].strip()[:200]
-
-
 def compare_state(model: nn.Module, state: Mapping[str, torch.Tensor], *,
                   allow_missing: Sequence[str] = ()) -> LoadReport:
     """Compare unprefixed ``state`` with the model's state_dict: keys and shapes (RoPE checked at native grid)."""
@@ -182,7 +131,7 @@ def strip_native_prefix(state: Mapping[str, torch.Tensor], source: str) -> dict[
         prefixes = sorted({k.split(".")[0] + "." for k in wrong})
         raise InputError(f"{source}: {len(wrong)} of {len(state)} keys lack the {PREFIX!r} prefix of the native "
                          f"format (found prefixes {prefixes[:5]}, e.g. {wrong[:2]}); convert the file with "
-                         f"`python -m data_prep.weight_surgery`")
+                         f"`python -m trainables.checkpoints.surgery`")
     return {k[len(PREFIX):]: v for k, v in state.items()}
 
 

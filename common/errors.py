@@ -8,11 +8,8 @@ status 2, the project-wide code for "your input is wrong" (argparse uses 2 as we
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any
 
 EXIT_BAD_INPUT = 2
 
@@ -33,23 +30,3 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-
-
-def load_yaml(path: str | os.PathLike, what: str) -> Any:
-    """Parse a YAML file, or raise :class:`InputError` naming the file and ``what`` it should hold."""
-    import yaml
-
-    try:
-        return yaml.safe_load(Path(path).read_text())
-    except OSError as err:
-        raise InputError(f"{path}: cannot read the {what} ({err.strerror})") from err
-    except yaml.YAMLError as err:
-        raise InputError(f"{path}: not valid YAML ({err})") from err
-
-
-def nearest_existing(path: str | os.PathLike) -> Path:
-    """``path`` if it exists, else its nearest existing ancestor: where creating ``path`` would start."""
-    existing = Path(path)
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    return existing

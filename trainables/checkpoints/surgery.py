@@ -1,6 +1,6 @@
 """Convert a Phase 1 checkpoint into the native sam3 format, then prove it loads strictly.
 
-    python -m data_prep.weight_surgery IN OUT [--preset full|tiny] [--allow-missing PATTERN ...]
+    python -m trainables.checkpoints.surgery IN OUT [--preset full|tiny] [--allow-missing PATTERN ...]
 
 Steps: read IN with ``weights_only=True``; unwrap ``model`` / ``state_dict``; strip ``module.`` and
 ``_orig_mod.``; keep the sam3 weights (keys under ``sam3.``, or already ``detector.``) and set everything
@@ -21,7 +21,11 @@ from pathlib import Path
 
 import torch
 
-from data_prep.errors import InputError, nearest_existing, run_cli
+from common.errors import InputError, run_cli
+from common.paths import nearest_existing
+from trainables.checkpoints.files import atomic_torch_save, safe_torch_load
+from trainables.checkpoints.native import PREFIX, load_native, native_rope_tables
+from trainables.model import build_model
 
 SAM3_PREFIXES = ("sam3.", "detector.")
 EXTRA_SUFFIX = ".extra_heads.pt"
@@ -70,8 +74,6 @@ def split_sam3(state: Mapping[str, torch.Tensor],
 
 def to_native(sam3: Mapping[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Native-format dict: ``detector.`` keys, plain fp32 tensors, RoPE tables at the model's native grid."""
-    from trainables.checkpoint import PREFIX, native_rope_tables
-
     tables = native_rope_tables(model)
     out = {}
     for key, value in sam3.items():
@@ -83,9 +85,6 @@ def to_native(sam3: Mapping[str, torch.Tensor], model: torch.nn.Module) -> dict[
 
 def surgery(src: Path, dst: Path, *, preset: str = "full", allow_missing: Sequence[str] = ()) -> str:
     """Convert ``src`` into ``dst`` (plus the side file of non-sam3 tensors); return the load report."""
-    from trainables.checkpoint import atomic_torch_save, load_native, safe_torch_load
-    from trainables.model import build_model
-
     check_output_folder(dst)
     sam3, extra = split_sam3(unwrap_state(safe_torch_load(src), str(src)), str(src))
     model = build_model(preset, seed=0)
@@ -124,7 +123,7 @@ def extra_path(dst: Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data_prep.weight_surgery", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m trainables.checkpoints.surgery", description=__doc__.splitlines()[0])
     parser.add_argument("src", type=Path, metavar="IN", help="Phase 1 checkpoint (.pt/.pth)")
     parser.add_argument("dst", type=Path, metavar="OUT", help="native-format output file")
     parser.add_argument("--preset", choices=("full", "tiny"), default="full")
