@@ -29,44 +29,114 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
+
 from common.errors import InputError
 
 #: What :func:`check_value` returns for a value it refused (the problem is already appended).
 INVALID = object()
 
 
-def load_yaml(path: str | os.PathLike, what: str) -> Any:
-    """Parse a YAML file, or raise :class:`InputError` naming the file and ``what`` it should hold."""
-    import yaml
+#: The most nodes a YAML document may expand to through its aliases (a config has a few hundred).
+MAX_YAML_NODES = 100_000
 
+
+def load_yaml(path: str | os.PathLike, what: str) -> Any:
+    """Parse a YAML file, or raise :class:`InputError` naming the file and ``what`` it should hold.
+
+    The file must be UTF-8 (a byte-order mark, as Windows editors write, is fine); a key given twice in one
+    mapping is refused (PyYAML keeps the last silently); aliases may not expand the document past
+    :data:`MAX_YAML_NODES` nodes (an "alias bomb").
+    """
     try:
-        return yaml.safe_load(Path(path).read_text())
+        raw = Path(path).read_bytes()
     except OSError as err:
         raise InputError(f"{path}: cannot read the {what} ({err.strerror})") from err
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise InputError(f"{path}: the {what} is not UTF-8 text (byte {err.start}: {err.reason}); save it as "
+                         "UTF-8") from None
+    try:
+        value = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except _DuplicateKey as err:
+        raise InputError(f"{path}: {err}") from None
     except yaml.YAMLError as err:
-        raise InputError(f"{path}: not valid YAML ({err})") from err
+        raise InputError(f"{path}: not valid YAML ({excerpt(str(err), 400)})") from None
+    if _expanded_size(value) > MAX_YAML_NODES:
+        raise InputError(f"{path}: the {what} expands to more than {MAX_YAML_NODES} values through YAML aliases; "
+                         "write it out without anchors")
+    return value
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, refusing a key given twice in one mapping."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) or key is None:
+                if key in seen:
+                    raise _DuplicateKey(f"line {key_node.start_mark.line + 1}: key {excerpt(key)} is given twice in "
+                                        "one mapping; keep one")
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(value: Any, limit: int = MAX_YAML_NODES) -> int:
+    """How many values ``value`` holds once every alias is written out (counting stops past ``limit``)."""
+    sizes: dict[int, int] = {}
+
+    def size(v: Any) -> int:
+        if not isinstance(v, (dict, list)):
+            return 1
+        if id(v) not in sizes:
+            sizes[id(v)] = limit + 1  # a self-referencing structure is over any limit
+            children = [*v.keys(), *v.values()] if isinstance(v, dict) else v
+            total = 1
+            for child in children:
+                total += size(child)
+                if total > limit:
+                    break
+            sizes[id(v)] = total
+        return sizes[id(v)]
+
+    return size(value)
+
+
+def excerpt(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to about ``limit`` characters (error messages quote input, never all of it)."""
+    if isinstance(value, (dict, list, tuple, set)) and len(value) > limit:
+        return f"<a {type(value).__name__} of {len(value)} items>"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def as_number(value: Any, kind: type) -> int | float:
     """``value`` as a plain ``int`` or ``float`` (``kind``) under the number rule above; ``ValueError`` if not."""
     if isinstance(value, bool):
-        raise ValueError(f"expected {kind.__name__}, got {value!r}")
+        raise ValueError(f"expected {kind.__name__}, got {excerpt(value)}")
     if isinstance(value, numbers.Real):
         number = float(value)
     elif isinstance(value, str):
         try:
             number = float(value)
         except ValueError:
-            raise ValueError(f"expected {kind.__name__}, got {value!r}") from None
+            raise ValueError(f"expected {kind.__name__}, got {excerpt(value)}") from None
     else:
-        raise ValueError(f"expected {kind.__name__}, got {value!r}")
+        raise ValueError(f"expected {kind.__name__}, got {excerpt(value)}")
     if not math.isfinite(number):
-        raise ValueError(f"expected a finite {kind.__name__}, got {value!r}")
+        raise ValueError(f"expected a finite {kind.__name__}, got {excerpt(value)}")
     if kind is int:
         if isinstance(value, numbers.Integral):
             return int(value)
         if number != int(number):
-            raise ValueError(f"expected int, got {value!r}")
+            raise ValueError(f"expected int, got {excerpt(value)}")
         return int(number)
     return number
 
@@ -96,14 +166,14 @@ def check_value(hint: Any, value: Any, where: str, problems: list[str]) -> Any:
         hint = next(o for o in options if o is not type(None))
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, Mapping):
-            problems.append(f"{where}: expected a mapping, got {value!r}")
+            problems.append(f"{where}: expected a mapping, got {excerpt(value)}")
             return INVALID
         before = len(problems)
         built = parse_fields(hint, value, f"{where}.", problems)
         return hint(**built) if len(problems) == before else INVALID
     if typing.get_origin(hint) is Literal:
         if value not in typing.get_args(hint):
-            problems.append(f"{where}: {value!r} is not {expected}")
+            problems.append(f"{where}: {excerpt(value)} is not {expected}")
             return INVALID
         return value
     if hint in (int, float):
@@ -114,7 +184,7 @@ def check_value(hint: Any, value: Any, where: str, problems: list[str]) -> Any:
             return INVALID
     if isinstance(value, hint):
         return value
-    problems.append(f"{where}: expected {expected}, got {value!r}")
+    problems.append(f"{where}: expected {expected}, got {excerpt(value)}")
     return INVALID
 
 
@@ -129,7 +199,8 @@ def parse_fields(cls: type, raw: Mapping[str, Any], prefix: str, problems: list[
     fields = {f.name: f for f in dataclasses.fields(cls)}
     skip = set(skip)
     for key in sorted(set(raw) - set(fields), key=str):
-        problems.append(f"{prefix}{key}: unknown key (valid: {sorted(fields)})")
+        shown = key if isinstance(key, str) and len(key) <= 60 else excerpt(key, 60)
+        problems.append(f"{prefix}{shown}: unknown key (valid: {sorted(fields)})")
     problems += [f"{prefix}{name}: required" for name, f in fields.items()
                  if name not in raw and name not in skip
                  and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]

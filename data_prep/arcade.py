@@ -6,10 +6,10 @@ plus e.g. a catheter class). :data:`SYNTAX_TO_CASS` maps 13 of them to CASS cate
 class is dropped and counted in the printed summary (CASS ``obtuse_marginal_3`` has no ARCADE source,
 so it never occurs). The test split, if present, is left out (this project's layout has train/val).
 
-Images are referenced in place, not copied: ``OUT/images/train`` and ``OUT/images/val`` are symbolic
-links to the ARCADE image folders, and each ``file_name`` is ``<split>/<ARCADE file name>`` (ARCADE
-reuses names such as ``1.png`` across splits). Any loader that joins ``OUT/images`` and ``file_name``
-follows the links. Polygons are kept (clipped to the image, those with < 3 points dropped); bbox and
+Images are hard-linked into ``OUT/images/<split>/`` (copied where the file system cannot link), so the
+dataset reads nothing from outside its folder and ARCADE's files are never written; each ``file_name`` is
+``<split>/<ARCADE file name>`` (ARCADE reuses names such as ``1.png`` across splits). An ARCADE
+``file_name`` that would leave ARCADE's image folder is refused. Polygons are kept (clipped to the image, those with < 3 points dropped); bbox and
 area are recomputed from them with pycocotools. The result is validated before it is moved into place.
 ARCADE gives no patient ids, so images carry none.
 """
@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -27,9 +29,10 @@ from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from common.errors import InputError, run_cli
+from common.outputs import check_apart, check_replaceable, staged_folder
 from data_prep import cass
-from data_prep.coco_io import coco_document, instance_table, staged_folder, write_json_atomic
-from data_prep.layout import SPLITS, DatasetPaths
+from data_prep.coco_io import coco_document, instance_table, write_json_atomic
+from data_prep.layout import SPLITS, DatasetPaths, image_file
 from data_prep.validate import validate_dataset
 
 # ARCADE SYNTAX class name -> CASS short name. Classes not listed are dropped.
@@ -66,6 +69,33 @@ def _load_arcade_split(root: Path, split: str) -> tuple[dict, Path]:
     if bad:
         raise InputError(f"{ann_path}: top-level field(s) {bad} missing or not lists")
     return doc, images_dir
+
+
+def _image_files(doc: dict, images_dir: Path) -> dict[str, Path]:
+    """ARCADE ``file_name`` -> its file, each checked to lie inside ``images_dir`` and to exist."""
+    files, problems = {}, []
+    for img in doc["images"]:
+        try:
+            path = image_file(images_dir, img.get("file_name"))
+        except ValueError as err:
+            problems.append(f"image id {img.get('id')}: {err}")
+            continue
+        if not path.is_file():
+            problems.append(f"image id {img.get('id')}: {path} does not exist")
+        files[img["file_name"]] = path
+    if problems:
+        raise InputError(f"{images_dir}: {len(problems)} ARCADE image(s) cannot be imported; nothing was written",
+                         problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else []))
+    return files
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A hard link to ``source`` at ``target``, or a copy where the file system cannot link."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def _clean_polygons(segmentation: list, width: int, height: int) -> list[list[float]]:
@@ -110,15 +140,19 @@ def _convert_split(doc: dict, split: str) -> tuple[dict, Counter, Counter]:
 
 
 def import_arcade(arcade_root: Path, out: Path, *, overwrite: bool = False) -> DatasetPaths:
-    """Write the CASS dataset folder ``out`` referencing ARCADE's images in place (see the module doc)."""
+    """Write the CASS dataset folder ``out`` with ARCADE's images linked or copied in (see the module doc)."""
+    check_apart({"--out": out}, {"--arcade-root": arcade_root})
+    check_replaceable(out, overwrite=overwrite)
     sources = {split: _load_arcade_split(arcade_root, split) for split in SPLITS}
+    files = {split: _image_files(doc, images_dir) for split, (doc, images_dir) in sources.items()}
     kept: dict[str, Counter] = {}
     dropped: dict[str, Counter] = {}
-    with staged_folder(out, overwrite=overwrite) as tmp:
+    with staged_folder(out, overwrite=overwrite, command="python -m data_prep.arcade") as tmp:
         paths = DatasetPaths(tmp)
-        paths.images_dir.mkdir(parents=True)
-        for split, (doc, images_dir) in sources.items():
-            (paths.images_dir / split).symlink_to(images_dir.resolve(), target_is_directory=True)
+        for split, (doc, _) in sources.items():
+            (paths.images_dir / split).mkdir(parents=True)
+            for file_name, source in tqdm(files[split].items(), desc=f"images {split}", unit="img", leave=False):
+                _link_or_copy(source, paths.images_dir / split / file_name)
             converted, kept[split], dropped[split] = _convert_split(doc, split)
             write_json_atomic(paths.annotations(split), converted)
         validate_dataset(paths).raise_if_errors()
@@ -135,10 +169,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_prep.arcade", description=__doc__.split("\n")[0])
     parser.add_argument("--arcade-root", type=Path, required=True, help="folder holding ARCADE's syntax/")
     parser.add_argument("--out", type=Path, required=True, help="dataset folder to create")
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out if it is a dataset this project wrote")
     args = parser.parse_args(argv)
     paths = import_arcade(args.arcade_root, args.out, overwrite=args.overwrite)
-    print(f"wrote {paths.root} (images linked in place)")
+    print(f"wrote {paths.root}")
     return 0
 
 

@@ -2,7 +2,6 @@
 
 * :func:`write_json_atomic`: a JSON file appears whole or not at all (temp file in the same folder,
   then ``os.replace``).
-* :func:`staged_folder`: the same for a whole dataset folder (built beside it, renamed on success).
 * :func:`mask_annotation`: one binary mask -> a COCO annotation (compressed RLE, bbox, area,
   ``iscrowd`` 0) computed with pycocotools, so masks, boxes and areas always agree.
 * :func:`coco_document`: the top-level COCO dict with the CASS categories from :mod:`data_prep.cass`.
@@ -13,16 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from common.errors import InputError
 from data_prep import cass
 
 
@@ -38,26 +34,6 @@ def write_json_atomic(path: Path, obj: object) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-@contextmanager
-def staged_folder(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield an empty temporary folder beside ``out``; it becomes ``out`` if the block succeeds and is
-    deleted if it raises, so a failed conversion leaves no partial output. An existing ``out`` is an
-    :class:`InputError` unless ``overwrite`` (it is then replaced only on success)."""
-    if out.exists() and not overwrite:
-        raise InputError(f"{out} already exists; remove it, pick another --out or pass --overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
-        yield tmp
-        if out.is_symlink() or out.is_file():
-            out.unlink()
-        elif out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def mask_annotation(mask: np.ndarray, *, ann_id: int, image_id: int, category_id: int) -> dict:

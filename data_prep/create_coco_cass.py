@@ -43,8 +43,9 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from common.errors import InputError, run_cli
+from common.outputs import check_apart, check_replaceable, staged_folder
 from data_prep import cass
-from data_prep.coco_io import coco_document, instance_table, mask_annotation, staged_folder, write_json_atomic
+from data_prep.coco_io import coco_document, instance_table, mask_annotation, write_json_atomic
 from data_prep.layout import SPLITS, DatasetPaths
 from data_prep.validate import validate_dataset
 
@@ -221,8 +222,9 @@ def convert(images_dir: Path, out: Path, *, label_maps: Path | None = None, mask
             raise InputError(f"{name} {folder} is not a folder")
     if patient_csv is not None and not patient_csv.is_file():
         raise InputError(f"--patient-csv {patient_csv} is not a file")
-    if out.exists() and not overwrite:  # checked again by staged_folder; here before the slow part
-        raise InputError(f"--out {out} already exists; remove it, pick another folder or pass --overwrite")
+    check_apart({"--out": out}, {"--images": images_dir, "--label-maps": label_maps, "--masks": masks,
+                                 "--patient-csv": patient_csv})
+    check_replaceable(out, overwrite=overwrite)  # checked again by staged_folder; here before the slow part
     if not 0 <= val_fraction < 1:
         raise InputError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     images = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -237,7 +239,7 @@ def convert(images_dir: Path, out: Path, *, label_maps: Path | None = None, mask
         raise InputError(f"none of the {len(images)} images in {images_dir} has a label map or mask file")
     val_patients = split_patients([f.patient_id for f in frames], val_fraction, seed)
 
-    with staged_folder(out, overwrite=overwrite) as tmp:
+    with staged_folder(out, overwrite=overwrite, command="python -m data_prep.create_coco_cass") as tmp:
         counts = _write_dataset(tmp, frames, val_patients)
         validate_dataset(DatasetPaths(tmp)).raise_if_errors()
     n_patients = len({f.patient_id for f in frames})
@@ -260,7 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--patient-regex", default=DEFAULT_PATIENT_REGEX,
                         help="regex on the file name; group 'patient' (or 1) is the patient id")
     parser.add_argument("--patient-csv", type=Path, help="CSV with columns file_name,patient_id")
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out if it is a dataset this project wrote")
     args = parser.parse_args(argv)
     paths = convert(args.images, args.out, label_maps=args.label_maps, masks=args.masks,
                     val_fraction=args.val_fraction, seed=args.seed, min_area=args.min_area,

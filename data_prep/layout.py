@@ -2,12 +2,16 @@
 
 A dataset folder ``D`` holds ``D/images/<file_name>`` and ``D/annotations/{train,val}.json``; each
 image's ``file_name`` is relative to ``D/images``. Converters write this layout; loaders read it.
+
+An image file stays inside its images folder (:func:`image_file`): a ``file_name`` that is absolute, names a
+drive or climbs with ``..`` is refused, and so is a symlink whose target lies outside the folder unless the
+user says such links are intended (``--follow-links``, ``trial.follow_image_links``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 SPLITS = ("train", "val")
 
@@ -39,3 +43,21 @@ class DatasetPaths:
     def trial_fields(self) -> dict[str, str]:
         """The ``TrialConfig`` fields that point a trial at this dataset."""
         return {"train_json": str(self.train_json), "val_json": str(self.val_json), "images_dir": str(self.images_dir)}
+
+
+def image_file(images_dir: Path, file_name: object, *, follow_links: bool = False) -> Path:
+    """The file that ``file_name`` names inside ``images_dir``; ``ValueError`` saying why when it would be read
+    from outside the folder (see the module doc). Backslashes count as separators, as on Windows."""
+    if not isinstance(file_name, str) or not file_name.strip():
+        raise ValueError(f"{file_name!r} is not a relative file path")
+    posix = PurePosixPath(file_name.replace("\\", "/"))
+    if posix.is_absolute() or PureWindowsPath(file_name).drive or ".." in posix.parts:
+        raise ValueError(f"{file_name!r} leaves the images folder (an absolute path, a drive or '..'); a "
+                         "file_name is relative to the images folder")
+    path = Path(images_dir) / posix
+    if not follow_links:
+        target = path.resolve()
+        if not target.is_relative_to(Path(images_dir).resolve()):
+            raise ValueError(f"{file_name!r} is a link to {target}, outside the images folder {images_dir}; copy "
+                             "the file in, or allow such links (validate --follow-links, trial.follow_image_links)")
+    return path

@@ -33,6 +33,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from common.errors import InputError, run_cli
+from common.outputs import staged_folder
 from data_prep import cass
 from data_prep.coco_io import coco_document, instance_table, mask_annotation, write_json_atomic
 from data_prep.layout import DatasetPaths
@@ -239,26 +240,30 @@ def _write_split(
     return images, annotations
 
 
-def generate_dataset(out: Path, n_train: int, n_val: int, size: int = 224, seed: int = 0) -> DatasetPaths:
+def generate_dataset(out: Path, n_train: int, n_val: int, size: int = 224, seed: int = 0, *,
+                     overwrite: bool = False) -> DatasetPaths:
     """Write a synthetic CASS dataset to ``out`` (images + train/val COCO JSON) and return its paths.
 
     Deterministic: the same arguments give byte-identical files. Train and val use different patients.
+    Built beside ``out`` and renamed into place at the end (:func:`common.outputs.staged_folder`): an existing
+    ``out`` is replaced only with ``overwrite`` and only if this project wrote it.
     """
     if n_train < 1 or n_val < 0 or size < 64:
         raise InputError(f"synthetic dataset: need --train >= 1, --val >= 0, --size >= 64; "
                          f"got {n_train}, {n_val}, {size}")
-    paths = DatasetPaths(Path(out))
-    paths.images_dir.mkdir(parents=True, exist_ok=True)
     counts: dict[str, dict[int, int]] = {}
-    next_id = 1
-    for split, n in (("train", n_train), ("val", n_val)):
-        images, annotations = _write_split(paths, split, n, size, seed, next_id)
-        next_id += len(images)
-        doc = coco_document(images, annotations, description=f"synthetic CASS {split}, seed {seed}")
-        write_json_atomic(paths.annotations(split), doc)
-        counts[split] = dict(Counter(a["category_id"] for a in annotations))
+    with staged_folder(Path(out), overwrite=overwrite, command="python -m data_prep.synthetic") as staging:
+        paths = DatasetPaths(staging)
+        paths.images_dir.mkdir(parents=True)
+        next_id = 1
+        for split, n in (("train", n_train), ("val", n_val)):
+            images, annotations = _write_split(paths, split, n, size, seed, next_id)
+            next_id += len(images)
+            doc = coco_document(images, annotations, description=f"synthetic CASS {split}, seed {seed}")
+            write_json_atomic(paths.annotations(split), doc)
+            counts[split] = dict(Counter(a["category_id"] for a in annotations))
     print(instance_table(counts))
-    return paths
+    return DatasetPaths(Path(out))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -268,8 +273,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--val", type=int, default=16, help="number of validation images")
     parser.add_argument("--size", type=int, default=224, help="image side in pixels")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out if it is a dataset this project wrote")
     args = parser.parse_args(argv)
-    paths = generate_dataset(args.out, args.train, args.val, size=args.size, seed=args.seed)
+    paths = generate_dataset(args.out, args.train, args.val, size=args.size, seed=args.seed,
+                             overwrite=args.overwrite)
     print(f"wrote {paths.train_json} and {paths.val_json}")
     return 0
 

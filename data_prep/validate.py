@@ -41,7 +41,7 @@ from pycocotools import mask as mask_utils
 
 from common.errors import InputError, run_cli
 from data_prep import cass
-from data_prep.layout import DatasetPaths
+from data_prep.layout import DatasetPaths, image_file
 
 BBOX_TOLERANCE_PX = 2.0
 AREA_WARN_FRACTION = 0.1  # warn when |area - mask area| > this fraction of the mask area (+ 2 px)
@@ -203,7 +203,7 @@ def _check_categories(src: str, categories: list, report: ValidationReport) -> s
 
 
 def _check_images(src: str, images: list, images_dir: Path | None, check_files: bool,
-                  report: ValidationReport) -> tuple[dict[int, dict], set[str]]:
+                  report: ValidationReport, follow_links: bool = False) -> tuple[dict[int, dict], set[str]]:
     """Check image records (and files); return the usable ones by id, and the ids (as text) of refused ones."""
     by_id: dict[int, dict] = {}
     refused: set[str] = set()
@@ -227,11 +227,16 @@ def _check_images(src: str, images: list, images_dir: Path | None, check_files: 
             report.errors.append(f"{src}: image id {iid} fields 'width'/'height' must be positive ints, "
                                  f"got {w!r}/{h!r}")
             continue
+        try:
+            path = image_file(images_dir or Path("."), img["file_name"], follow_links=follow_links or not images_dir)
+        except ValueError as err:
+            report.errors.append(f"{src}: image id {iid} field 'file_name': {err}")
+            continue
         refused.discard(str(iid))
         names[img["file_name"]] += 1
         by_id[iid] = img
         if check_files and images_dir is not None:
-            problem = _check_image_file(images_dir / str(img["file_name"]), w, h)
+            problem = _check_image_file(path, w, h)
             if problem:
                 report.errors.append(f"{src}: image id {iid} field 'file_name': {problem}")
     for name, n in names.items():
@@ -315,8 +320,11 @@ def _check_annotations(src: str, annotations: list, images: dict[int, dict], cat
                                "in this file; its metrics will be undefined")
 
 
-def validate_coco(annotations: Path, images_dir: Path | None, *, check_images: bool = True) -> ValidationReport:
-    """Validate one COCO CASS file; with ``images_dir`` and ``check_images`` also open every image."""
+def validate_coco(annotations: Path, images_dir: Path | None, *, check_images: bool = True,
+                  follow_links: bool = False) -> ValidationReport:
+    """Validate one COCO CASS file; with ``images_dir`` and ``check_images`` also open every image. Every
+    ``file_name`` must stay inside ``images_dir`` (:func:`data_prep.layout.image_file`; ``follow_links``:
+    symlinks may point outside it)."""
     report = ValidationReport()
     src = str(annotations)
     try:
@@ -340,7 +348,7 @@ def validate_coco(annotations: Path, images_dir: Path | None, *, check_images: b
         report.errors.append(f"{src}: top-level field(s) {bad} missing or not lists; a COCO file needs all three")
         return report
     category_ids = _check_categories(src, doc["categories"], report)
-    images, refused = _check_images(src, doc["images"], images_dir, check_images, report)
+    images, refused = _check_images(src, doc["images"], images_dir, check_images, report, follow_links)
     _check_annotations(src, doc["annotations"], images, category_ids, report, refused)
     return report
 
@@ -356,11 +364,12 @@ def _shared_patients(files: Sequence[Path]) -> list[str]:
             "is in two splits" for pid, paths in owners.items() if len(paths) > 1]
 
 
-def validate_files(files: Sequence[Path], images_dir: Path | None, *, check_images: bool = True) -> ValidationReport:
+def validate_files(files: Sequence[Path], images_dir: Path | None, *, check_images: bool = True,
+                   follow_links: bool = False) -> ValidationReport:
     """Validate several COCO files sharing ``images_dir`` (e.g. train and val), plus patient leakage."""
     report = ValidationReport()
     for path in files:
-        report.extend(validate_coco(path, images_dir, check_images=check_images))
+        report.extend(validate_coco(path, images_dir, check_images=check_images, follow_links=follow_links))
     if report.ok and len(files) > 1:
         report.errors += _shared_patients(files)
     return report
@@ -376,10 +385,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("annotations", type=Path, nargs="+", help="COCO JSON file(s), e.g. train.json val.json")
     parser.add_argument("--images", type=Path, help="folder the images' file_name is relative to (must exist)")
     parser.add_argument("--no-image-check", action="store_true", help="do not open the image files")
+    parser.add_argument("--follow-links", action="store_true",
+                        help="image files may be symlinks to files outside --images (refused otherwise)")
     args = parser.parse_args(argv)
     if args.images is not None and not args.no_image_check and not args.images.is_dir():
         raise InputError(f"--images {args.images}: not a folder; pass the folder the file_names are relative to")
-    report = validate_files(args.annotations, args.images, check_images=not args.no_image_check)
+    report = validate_files(args.annotations, args.images, check_images=not args.no_image_check,
+                            follow_links=args.follow_links)
     for warning in report.warnings:
         print(f"warning: {warning}")
     report.raise_if_errors()

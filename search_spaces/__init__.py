@@ -30,7 +30,7 @@ from typing import Any
 from ray import tune
 
 from common.errors import InputError
-from common.typed_yaml import as_number, load_yaml
+from common.typed_yaml import as_number, excerpt, load_yaml
 from trainables.config import TrialConfig, searchable_fields
 
 _RANGE_TYPES = {"uniform": ("low", "high"), "loguniform": ("low", "high"), "quniform": ("low", "high", "q"),
@@ -83,7 +83,7 @@ def _baseline(raw: dict[str, Any], problems: list[str]) -> list[Any]:
         return []
     overrides = raw["baseline"] if raw["baseline"] is not None else {}
     if not isinstance(overrides, dict):
-        problems.append(f"baseline: expected a mapping of searched params to values, got {overrides!r}")
+        problems.append(f"baseline: expected a mapping of searched params to values, got {excerpt(overrides)}")
         return []
     unknown = sorted(set(overrides) - set(raw["params"]), key=str)
     if unknown:
@@ -120,13 +120,13 @@ def _domain(name: str, spec: Any, problems: list[str]) -> Any:
         problems.append(f"{where}: fixed per sweep, set it in the sweep config's 'trial' section instead")
         return None
     if not isinstance(spec, dict) or "type" not in spec:
-        problems.append(f"{where}: expected a mapping with a 'type' key, got {spec!r}")
+        problems.append(f"{where}: expected a mapping with a 'type' key, got {excerpt(spec)}")
         return None
     kind = spec["type"]
     if kind == "choice":
         return _choice(where, name, spec, problems)
     if kind not in _RANGE_TYPES:
-        problems.append(f"{where}: unknown type {kind!r} (expected one of {sorted([*_RANGE_TYPES, 'choice'])})")
+        problems.append(f"{where}: unknown type {excerpt(kind)} (expected one of {sorted([*_RANGE_TYPES, 'choice'])})")
         return None
     wanted = set(_RANGE_TYPES[kind]) | {"type"}
     if set(spec) != wanted:
@@ -165,9 +165,9 @@ def _choice(where: str, name: str, spec: dict[str, Any], problems: list[str]) ->
         return None
     values = spec["values"]
     if not isinstance(values, list) or not values:
-        problems.append(f"{where}: choice needs a non-empty list of values, got {values!r}")
+        problems.append(f"{where}: choice needs a non-empty list of values, got {excerpt(values)}")
         return None
-    bad = [f"{where}: value {v!r} is rejected by TrialConfig: {c}" for v in values if (c := _trial_rejects(name, v))]
+    bad = [f"{where}: value {excerpt(v)} is rejected by TrialConfig: {c}" for v in values if (c := _trial_rejects(name, v))]
     problems.extend(bad)
     return None if bad else tune.choice(values)
 
@@ -175,7 +175,7 @@ def _choice(where: str, name: str, spec: dict[str, Any], problems: list[str]) ->
 def _points(points: Any, params: dict[str, Any], problems: list[str]) -> list[dict[str, Any]]:
     """Validate ``points_to_evaluate``: each point sets every param to a value its domain can produce."""
     if not isinstance(points, list):
-        problems.append(f"points_to_evaluate: expected a list of mappings, got {points!r}")
+        problems.append(f"points_to_evaluate: expected a list of mappings, got {excerpt(points)}")
         return []
     checked = [_point(f"points_to_evaluate[{i}]", point, params, problems) for i, point in enumerate(points)]
     return [point for point in checked if point is not None]
@@ -184,7 +184,7 @@ def _points(points: Any, params: dict[str, Any], problems: list[str]) -> list[di
 def _point(where: str, point: Any, params: dict[str, Any], problems: list[str]) -> dict[str, Any] | None:
     """One point checked against the raw ``params`` domains (its numbers as the domains' types), or None."""
     if not isinstance(point, dict):
-        problems.append(f"{where}: expected a mapping, got {point!r}")
+        problems.append(f"{where}: expected a mapping, got {excerpt(point)}")
         return None
     if set(point) != set(params):
         problems.append(f"{where}: must set exactly the searched params; missing "
@@ -195,7 +195,7 @@ def _point(where: str, point: Any, params: dict[str, Any], problems: list[str]) 
         spec = params[name] if isinstance(params[name], dict) else {}
         ok, clean[name] = _inside(spec, value)
         if not ok:
-            problems.append(f"{where}.{name}: {value!r} lies outside its search domain {spec}")
+            problems.append(f"{where}.{name}: {excerpt(value)} lies outside its search domain {excerpt(spec, 200)}")
     return clean
 
 

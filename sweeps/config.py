@@ -32,9 +32,9 @@ from typing import Any, Literal
 
 from common.errors import InputError
 from common.paths import is_uri
-from common.typed_yaml import load_yaml, parse_fields
+from common.typed_yaml import excerpt, load_yaml, parse_fields
 from data_prep.layout import DatasetPaths
-from trainables.config import TrialConfig
+from trainables.config import MAX_SEED, TrialConfig
 
 #: The metric ASHA stops on and checkpoints are ranked by; the second objective Optuna sees.
 METRIC = "val_dice"
@@ -189,7 +189,7 @@ def parse_sweep_config(raw: Any, *, source: str) -> SweepConfig:
     values = parse_fields(SweepConfig, raw, "", problems, skip={"trial"})
     trial_raw = raw.get("trial", {})
     if not isinstance(trial_raw, dict):
-        problems.append(f"trial: expected a mapping of TrialConfig fields, got {trial_raw!r}")
+        problems.append(f"trial: expected a mapping of TrialConfig fields, got {excerpt(trial_raw)}")
         trial_raw = {}
     dataset = values.get("dataset")
     if dataset is not None:
@@ -215,6 +215,7 @@ def parse_sweep_config(raw: Any, *, source: str) -> SweepConfig:
 
 
 def _check_ranges(cfg: SweepConfig, problems: list[str]) -> None:
+    synthetic = cfg.dataset is not None and cfg.dataset.synthetic is not None
     positive = {"num_samples": cfg.num_samples, "scheduler.grace_period": cfg.scheduler.grace_period,
                 "checkpoint.num_to_keep": cfg.checkpoint.num_to_keep}
     if cfg.max_concurrent_trials is not None:
@@ -226,11 +227,22 @@ def _check_ranges(cfg: SweepConfig, problems: list[str]) -> None:
         problems.append(f"scheduler.grace_period: {cfg.scheduler.grace_period} exceeds trial.max_steps "
                         f"{cfg.trial.max_steps} (ASHA could never stop a trial)")
     if cfg.scheduler.metric not in ASHA_METRICS:
-        problems.append(f"scheduler.metric: {cfg.scheduler.metric!r} is not one of {sorted(ASHA_METRICS)}")
+        problems.append(f"scheduler.metric: {excerpt(cfg.scheduler.metric)} is not one of {sorted(ASHA_METRICS)}")
     if cfg.failure.max_failures < -1:
         problems.append(f"failure.max_failures: {cfg.failure.max_failures!r} must be >= -1 (-1: retry forever)")
+    for where, seed in (("searcher.seed", cfg.searcher.seed),
+                        ("dataset.synthetic.seed", cfg.dataset.synthetic.seed if synthetic else None)):
+        if seed is not None and not 0 <= seed <= MAX_SEED:
+            problems.append(f"{where}: {seed!r} must lie in [0, {MAX_SEED}]")
+    if synthetic and (cfg.dataset.synthetic.train < 1 or cfg.dataset.synthetic.val < 1
+                      or cfg.dataset.synthetic.size < 64):
+        s = cfg.dataset.synthetic
+        problems.append(f"dataset.synthetic: needs train >= 1, val >= 1, size >= 64; got {s.train}, {s.val}, {s.size}")
+    if not cfg.ray.health_check_interval_s > 0:
+        problems.append(f"ray.health_check_interval_s: {cfg.ray.health_check_interval_s!r} must be > 0")
     if cfg.ray.dashboard_host not in ("127.0.0.1", "localhost"):
-        problems.append(f"ray.dashboard_host: {cfg.ray.dashboard_host!r}: bind the dashboard to 127.0.0.1 "
+        problems.append(f"ray.dashboard_host: {excerpt(cfg.ray.dashboard_host)}: bind the dashboard to 127.0.0.1 "
                         "and reach it through an SSH tunnel (it runs arbitrary jobs)")
-    if not cfg.name or "/" in cfg.name:
-        problems.append(f"name: {cfg.name!r} must be a non-empty folder name")
+    if cfg.name.strip() in ("", ".", "..") or any(c in cfg.name for c in '/\\:'):
+        problems.append(f"name: {excerpt(cfg.name)} must be a plain folder name (no '/', '\\', ':', not '.' or '..'): "
+                        "the experiment folder is <storage_path>/<name>")

@@ -30,7 +30,8 @@ from collections.abc import Sequence  # noqa: E402
 
 import yaml  # noqa: E402
 
-from common.errors import run_cli  # noqa: E402
+from common.errors import InputError, run_cli  # noqa: E402
+from common.outputs import MARKER, is_empty_folder, is_our_folder, mark  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_CONFIG = REPO / "sweeps" / "configs" / "local.yaml"
@@ -52,7 +53,7 @@ def make_dataset(out: Path, synthetic: dict) -> Path:
     root = out / DATA_DIR
     if not DatasetPaths(root).val_json.exists():
         generate_dataset(root, n_train=synthetic["train"], n_val=synthetic["val"], size=synthetic["size"],
-                         seed=synthetic["seed"])
+                         seed=synthetic["seed"], overwrite=True)  # only an incomplete dataset of an earlier demo
     validate_dataset(DatasetPaths(root)).raise_if_errors()
     print(f"dataset: {root} (validated)")
     return root
@@ -140,7 +141,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default="demo_out", help="folder for everything the demo makes")
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
+    if out.exists() and not is_empty_folder(out) and not is_our_folder(out) and not (out / CONFIG_FILE).is_file():
+        raise InputError(f"--out {out} exists and is not a demo folder (no {MARKER}): the demo moves and replaces "
+                         "what it finds there, so pick a new or empty folder")
     out.mkdir(parents=True, exist_ok=True)
+    mark(out, "python -m sweeps.demo")
     config_text = demo_sweep_config(out)
     synthetic = yaml.safe_load(config_text)["dataset"]["synthetic"]
     previous = set_aside_if_changed(out, config_text)
@@ -161,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     banner("5/5 report")
     from sweeps.report import build_report
 
-    report = build_report(experiment, out / "report", export_dir=best)
+    report = build_report(experiment, out / "report", export_dir=best, overwrite=True)
     print(f"\ndone: data {dataset}\n      sweep {experiment}\n      best checkpoint {best}\n      report {report}")
     return 0
 

@@ -14,11 +14,13 @@ the Train checkpoint of that report. Picks:
   each with its best-val_dice checkpoint, in its own subfolder ``OUT/<trial id>/``.
 
 Each exported model folder is laid out as :mod:`trainables.checkpoints.exported` describes (``model.pt``
-bytes unchanged, ``trial_config.json``, ``metrics.json``, ``export.json``, ``MANIFEST.sha256``; in pareto mode
-``OUT/MANIFEST.sha256`` covers every file below ``OUT``). Everything is written to a temporary folder beside
-``OUT``, verified (manifest, and :func:`~trainables.checkpoints.exported.check_loads`: strict reload,
-sam3's own ``_load_checkpoint`` with zero missing or unexpected keys, ``set_resolution`` to the trial's
-resolution) and only then renamed to ``OUT``.
+bytes unchanged, ``trial_config.json``, ``metrics.json``, ``export.json``, ``MANIFEST.sha256``; in pareto
+mode ``OUT/MANIFEST.sha256`` covers every file below ``OUT``). OUT never overlaps the experiment folder or
+the journal, and ``--overwrite`` replaces only an earlier export (:mod:`common.outputs`). Everything is
+written to a temporary folder beside ``OUT``, verified (manifest, and
+:func:`~trainables.checkpoints.exported.check_loads`: strict reload, sam3's own ``_load_checkpoint`` with
+zero missing or unexpected keys, ``set_resolution`` to the trial's resolution) and only then renamed to
+``OUT``.
 Storage may be a local path or a pyarrow URI (``s3://...``). Bad input exits with status 2.
 """
 
@@ -34,8 +36,6 @@ import argparse  # noqa: E402
 import hashlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import shutil  # noqa: E402
-import tempfile  # noqa: E402
 from collections.abc import Mapping, Sequence  # noqa: E402
 from dataclasses import dataclass, replace  # noqa: E402
 from datetime import datetime, timezone  # noqa: E402
@@ -44,6 +44,8 @@ from typing import Any  # noqa: E402
 import pyarrow.fs  # noqa: E402
 
 from common.errors import InputError, run_cli  # noqa: E402
+from common.outputs import check_apart, check_replaceable, staged_folder  # noqa: E402
+from common.paths import is_uri  # noqa: E402
 from sweeps.config import JOURNAL_FILE, METRIC, SECOND_OBJECTIVE, TIME_ATTR, TRAIN_RUNS  # noqa: E402
 from sweeps.results import (  # noqa: E402
     CheckpointReport,
@@ -112,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("experiment_dir", help="the sweep's Tune experiment folder (<storage_path>/<name>) or URI")
     parser.add_argument("--out", required=True, help="the folder to create")
     parser.add_argument("--pick", choices=PICKS, default="dice", help="which checkpoint(s) to export")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it is an earlier export")
     parser.add_argument("--optuna-journal", help="pareto only: the study's journal file "
                         f"(default <experiment>/{JOURNAL_FILE}; required for URI storage)")
     parser.add_argument("--study-name", help="pareto only: the Optuna study (default: the experiment name)")
@@ -136,8 +138,9 @@ def export_best(experiment_dir: str | os.PathLike, out: str | os.PathLike, pick:
         raise InputError(f"pick {pick!r} is not one of {list(PICKS)}")
     experiment = str(experiment_dir)
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise InputError(f"{out} exists: pass --overwrite to replace it")
+    check_apart({"--out": out}, {"EXPERIMENT_DIR": None if is_uri(experiment) else experiment,
+                                 "--optuna-journal": optuna_journal})
+    check_replaceable(out, overwrite=overwrite)
     fs, experiment_fs_path = experiment_filesystem(experiment)
     sweep = load_sweep(experiment, journal=optuna_journal, study_name=study_name)
     if pick == "pareto" and sweep.study is None:
@@ -145,9 +148,7 @@ def export_best(experiment_dir: str | os.PathLike, out: str | os.PathLike, pick:
                          sweep.notes)
     choices = choose(sweep.histories, pick, sweep.pareto)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
-    try:
+    with staged_folder(out, overwrite=overwrite, command="python -m sweeps.export") as staging:
         models = []
         for choice in choices:
             folder = staging / choice.trial_id if pick == "pareto" else staging
@@ -159,10 +160,6 @@ def export_best(experiment_dir: str | os.PathLike, out: str | os.PathLike, pick:
             (staging / PARETO_INDEX).write_text(json.dumps(index, indent=2) + "\n")
             write_manifest(staging)
         verify_export(staging)
-        _publish(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     final = [_moved(m, staging, out) for m in models]
     return ExportResult(out=out, pick=pick, experiment=experiment, models=final)
 
@@ -265,17 +262,6 @@ def _copy(fs: pyarrow.fs.FileSystem, source: str, target: Path) -> str:
 
 def _write_json(path: Path, value: Any) -> None:
     path.write_text(json.dumps(value, indent=2, default=float) + "\n")
-
-
-def _publish(staging: Path, out: Path) -> None:
-    """Rename ``staging`` to ``out``, replacing an existing ``out`` only once the new one is complete."""
-    if not out.exists() and not out.is_symlink():
-        os.replace(staging, out)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent)) / out.name
-    os.replace(out, old)
-    os.replace(staging, out)
-    shutil.rmtree(old.parent)
 
 
 def _moved(model: ExportedModel, staging: Path, out: Path) -> ExportedModel:

@@ -77,7 +77,8 @@ def cuda_device_count() -> int:
 
 
 def gpu_problems(cfg: SweepConfig) -> list[str]:
-    """GPU settings this machine cannot honour: NCCL without GPUs; a local Ray asked for missing GPUs."""
+    """Resources a trial would wait for forever: NCCL without GPUs; on a local Ray, more GPUs or CPUs per trial
+    than this machine has (a cluster's size is not known before joining it, so it is not checked)."""
     t = cfg.trial
     found = []
     if t.backend == "nccl" and not t.use_gpu:
@@ -89,6 +90,11 @@ def gpu_problems(cfg: SweepConfig) -> list[str]:
             found.append(f"trial.use_gpu: a trial needs {t.num_workers} GPU worker(s) but this machine has {gpus} "
                          "GPU(s) and ray.address is null (a local Ray); set use_gpu: false, or join a GPU "
                          "cluster with ray.address")
+    cpus = os.cpu_count() or 1
+    if local and t.num_workers * t.cpu_threads_per_worker > cpus:
+        found.append(f"trial.num_workers x trial.cpu_threads_per_worker: a trial needs {t.num_workers} x "
+                     f"{t.cpu_threads_per_worker} CPUs but this machine has {cpus} and ray.address is null (a local "
+                     "Ray): the trial would wait for them forever; lower them, or join a cluster with ray.address")
     return found
 
 
@@ -116,7 +122,7 @@ def dataset_problems(cfg: SweepConfig) -> list[str]:
     from data_prep.validate import validate_files
 
     images = Path(t.images_dir) if t.images_dir and Path(t.images_dir).is_dir() else None
-    errors = validate_files(files, images).errors
+    errors = validate_files(files, images, follow_links=t.follow_image_links).errors
     if len(errors) > MAX_LISTED:
         errors = errors[:MAX_LISTED] + [f"... and {len(errors) - MAX_LISTED} more COCO error(s): run "
                                         f"`python -m data_prep.validate {' '.join(map(str, files))} --images {images}`"]

@@ -1,6 +1,6 @@
 """The sweep report: one self-contained HTML page (``index.html`` + PNG figures beside it) of a finished sweep.
 
-    python -m sweeps.report EXPERIMENT_DIR --out DIR [--export DIR] [--journal FILE] [--study NAME]
+    python -m sweeps.report EXPERIMENT_DIR --out DIR [--export DIR] [--journal FILE] [--study NAME] [--overwrite]
 
 It reads what the driver (``sweeps/stage2.py``) left in the experiment directory: Tune's per-trial results
 (``ray.tune.ExperimentAnalysis``) and the Optuna study in ``optuna_journal.log`` (trial states, the Pareto
@@ -36,6 +36,8 @@ from optuna.importance import get_param_importances
 from optuna.trial import TrialState
 
 from common.errors import InputError, run_cli
+from common.outputs import check_apart, check_replaceable, staged_folder
+from common.paths import is_uri
 from data_prep.cass import CASS_CATEGORIES
 from sweeps.config import JOURNAL_FILE, METRIC, SECOND_OBJECTIVE
 from sweeps.results import SweepResults, TrialRecord, load_sweep
@@ -385,16 +387,24 @@ def render_html(sweep: SweepResults, sections: Sequence[Section]) -> str:
 
 def build_report(experiment_dir: str | Path, out_dir: str | Path, *, export_dir: str | Path | None = None,
                  journal: str | Path | None = None, study_name: str | None = None,
-                 overlay_images: int = 4) -> Path:
-    """Write ``index.html`` and its figures into ``out_dir``; return the page's path."""
+                 overlay_images: int = 4, overwrite: bool = False) -> Path:
+    """Write ``index.html`` and its figures into the folder ``out_dir``; return the page's path.
+
+    ``out_dir`` never overlaps the sweep, the export or the journal; it is built beside its place and renamed
+    there at the end, replacing an earlier report only with ``overwrite`` (:mod:`common.outputs`).
+    """
+    if overlay_images < 0:
+        raise InputError(f"--overlay-images {overlay_images}: must be >= 0")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_apart({"--out": out_dir}, {"EXPERIMENT_DIR": None if is_uri(str(experiment_dir)) else experiment_dir,
+                                     "--export": export_dir, "--journal": journal})
+    check_replaceable(out_dir, overwrite=overwrite)
     sweep = load_sweep(experiment_dir, journal=journal, study_name=study_name)
-    sections = [make_figure(sweep, out_dir, *figure) for figure in FIGURES]
-    sections.append(overlay_section(Path(export_dir) if export_dir else None, out_dir, overlay_images))
-    page = out_dir / "index.html"
-    page.write_text(render_html(sweep, sections), encoding="utf-8")
-    return page
+    with staged_folder(out_dir, overwrite=overwrite, command="python -m sweeps.report") as staging:
+        sections = [make_figure(sweep, staging, *figure) for figure in FIGURES]
+        sections.append(overlay_section(Path(export_dir) if export_dir else None, staging, overlay_images))
+        (staging / "index.html").write_text(render_html(sweep, sections), encoding="utf-8")
+    return out_dir / "index.html"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -406,9 +416,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--journal", help=f"the Optuna journal (default <experiment_dir>/{JOURNAL_FILE})")
     parser.add_argument("--study", help="the Optuna study name (default: the journal's only study)")
     parser.add_argument("--overlay-images", type=int, default=4, help="validation images to overlay")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it is an earlier report")
     args = parser.parse_args(argv)
     page = build_report(args.experiment_dir, args.out, export_dir=args.export, journal=args.journal,
-                        study_name=args.study, overlay_images=args.overlay_images)
+                        study_name=args.study, overlay_images=args.overlay_images, overwrite=args.overwrite)
     print(f"report: {page}")
     return 0
 

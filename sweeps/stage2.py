@@ -26,6 +26,7 @@ import argparse  # noqa: E402
 import optuna  # noqa: E402
 
 from common.errors import InputError, run_cli  # noqa: E402
+from common.outputs import check_apart  # noqa: E402
 from common.paths import is_uri  # noqa: E402
 from search_spaces import SearchSpec, load_search_spec  # noqa: E402
 from sweeps import ray_compat, trial_retries, wandb_summary  # noqa: E402
@@ -112,11 +113,22 @@ def check_inputs(cfg: SweepConfig, *, resume: bool, source: str = "the sweep con
                         "(a new run would reuse its Optuna study and enqueue points_to_evaluate again)")
     if local and resume and not Path(cfg.experiment_dir).exists():
         problems.append(f"--resume: {cfg.experiment_dir} does not exist")
-    from sweeps import (
-        preflight,  # storage writable, GPUs present, checkpoint and COCO files loadable
-    )
+    elif local and resume and not any(Path(cfg.experiment_dir).glob("experiment_state-*.json")):
+        problems.append(f"--resume: {cfg.experiment_dir} holds no Tune experiment state (experiment_state-*.json): "
+                        "nothing to resume; start it anew under another 'name'")
+    if not is_uri(cfg.optuna_journal) and Path(cfg.optuna_journal).is_dir():
+        problems.append(f"searcher.storage: {cfg.optuna_journal} is a folder; name the journal file")
+    from sweeps import preflight  # storage writable, GPUs present, checkpoint and COCO files loadable
 
     problems += preflight.problems(cfg)
+    try:
+        check_apart({"storage_path/name": cfg.experiment_dir if local else None,
+                     "searcher.storage": None if is_uri(cfg.optuna_journal) else cfg.optuna_journal},
+                    {f"trial.{name}": getattr(cfg.trial, name) or None
+                     for name in ("train_json", "val_json", "images_dir", "checkpoint")}
+                    | {"search_space": cfg.search_space, "the config": source if Path(source).is_file() else None})
+    except InputError as err:
+        problems += err.problems
     if problems:
         raise InputError(f"{source}: cannot start the sweep", problems)
 
@@ -128,7 +140,8 @@ def prepare_dataset(cfg: SweepConfig) -> None:
     from data_prep.synthetic import generate_dataset
 
     s = cfg.dataset.synthetic
-    generate_dataset(cfg.dataset.paths.root, n_train=s.train, n_val=s.val, size=s.size, seed=s.seed)
+    generate_dataset(cfg.dataset.paths.root, n_train=s.train, n_val=s.val, size=s.size, seed=s.seed,
+                     overwrite=True)  # replaces only an incomplete dataset this project wrote
 
 
 def describe_plan(cfg: SweepConfig, spec: SearchSpec, *, resume: bool) -> str:

@@ -1,4 +1,4 @@
-"""The ARCADE importer: SYNTAX classes mapped to CASS as listed, others dropped and counted, images linked."""
+"""The ARCADE importer: SYNTAX classes mapped to CASS as listed, others dropped and counted, images linked into the dataset."""
 
 import json
 import re
@@ -59,17 +59,36 @@ def test_classes_mapped_and_dropped_as_listed(arcade_root, tmp_path, capsys):
     assert re.search(r"obtuse_marginal_3 +0 +0", printed)  # no ARCADE source
 
 
-def test_images_referenced_in_place_and_result_validates(arcade_root, tmp_path):
+def test_images_are_linked_inside_the_dataset_folder_and_the_result_validates(arcade_root, tmp_path):
     out = tmp_path / "d"
     assert run_cli(main, ["--arcade-root", str(arcade_root), "--out", str(out)]) == 0
     doc = json.loads((out / "annotations" / "val.json").read_text())
     assert [img["file_name"] for img in doc["images"]] == ["val/1.png", "val/2.png"]
-    linked = out / "images" / "val" / "1.png"
-    assert linked.resolve() == (arcade_root / "syntax" / "val" / "images" / "1.png").resolve()
+    linked, original = out / "images" / "val" / "1.png", arcade_root / "syntax" / "val" / "images" / "1.png"
+    assert not linked.is_symlink() and linked.resolve().is_relative_to(out.resolve())
+    assert linked.read_bytes() == original.read_bytes()
     assert validate_dataset(DatasetPaths(out)).errors == []
 
 
+def test_an_arcade_file_name_outside_its_image_folder_is_refused(arcade_root, tmp_path, capsys):
+    ann = arcade_root / "syntax" / "val" / "annotations" / "val.json"
+    doc = json.loads(ann.read_text())
+    (tmp_path / "secret.png").write_bytes((arcade_root / "syntax" / "val" / "images" / "1.png").read_bytes())
+    doc["images"][0]["file_name"] = "../../../../secret.png"
+    ann.write_text(json.dumps(doc))
+    assert run_cli(main, ["--arcade-root", str(arcade_root), "--out", str(tmp_path / "d")]) == 2
+    assert "leaves the images folder" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
+def test_the_output_may_not_overlap_the_arcade_folder(arcade_root, capsys):
+    assert run_cli(main, ["--arcade-root", str(arcade_root), "--out", str(arcade_root / "cass")]) == 2
+    assert "lies inside --arcade-root" in capsys.readouterr().err
+    assert not (arcade_root / "cass").exists()
+
+
 def test_not_arcade_layout_is_an_input_error(tmp_path, capsys):
-    assert run_cli(main, ["--arcade-root", str(tmp_path), "--out", str(tmp_path / "d")]) == 2
+    (tmp_path / "not-arcade").mkdir()
+    assert run_cli(main, ["--arcade-root", str(tmp_path / "not-arcade"), "--out", str(tmp_path / "d")]) == 2
     assert "syntax layout" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()

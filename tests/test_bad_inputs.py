@@ -35,15 +35,16 @@ import torch
 import yaml
 
 from common.errors import run_cli
-from data_prep import validate
+from data_prep import create_coco_cass, synthetic, validate
 from data_prep.layout import DatasetPaths
-from sweeps import export, ray_compat, stage2
+from sweeps import export, ray_compat, report, stage2
 from trainables.checkpoints import surgery
 from trainables.checkpoints.native import save_native
 from trainables.checkpoints.phase1 import write_phase1_checkpoint
 from trainables.model import build_model
 
-CLIS = {"validate": validate.main, "surgery": surgery.main, "stage2": stage2.main, "export": export.main}
+CLIS = {"validate": validate.main, "surgery": surgery.main, "stage2": stage2.main, "export": export.main,
+        "report": report.main, "synthetic": synthetic.main, "create_coco_cass": create_coco_cass.main}
 LOCAL_SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "local.yaml"
 
 
@@ -229,6 +230,7 @@ def _patient_in_both(ws: Workspace):
 def _export_out_exists(ws: Workspace):
     out = ws.path("best")
     out.mkdir()
+    (out / "notes.txt").write_text("the user's")  # an empty folder counts as absent
     return [str(ws.path("sweep")), "--out", str(out)], out, ["--overwrite"]
 
 
@@ -240,6 +242,108 @@ def _export_empty_folder(ws: Workspace):
 def _export_a_file(ws: Workspace):
     ws.path("sweep").write_text("not a folder")
     return [str(ws.path("sweep")), "--out", str(ws.path("best"))], ws.path("sweep"), ["experiment folder not found"]
+
+
+# --- issue 22: outputs over inputs, reads outside the dataset, inputs outside the first catalogue ----------
+
+
+def _a_sweep_folder(ws: Workspace) -> Path:
+    """A folder standing in for an experiment (refusals come before it is read)."""
+    sweep = ws.path("sweep")
+    sweep.mkdir()
+    (sweep / "experiment_state-2026.json").write_text("{}")
+    return sweep
+
+
+def _export_over_the_sweep(ws: Workspace):
+    sweep = _a_sweep_folder(ws)
+    return [str(sweep), "--out", str(sweep), "--overwrite"], sweep, ["--out", "is the same path as EXPERIMENT_DIR"]
+
+
+def _export_inside_the_sweep(ws: Workspace):
+    sweep = _a_sweep_folder(ws)
+    return [str(sweep), "--out", str(sweep / "best"), "--overwrite"], sweep, ["lies inside EXPERIMENT_DIR"]
+
+
+def _export_over_a_foreign_folder(ws: Workspace):
+    sweep, out = _a_sweep_folder(ws), ws.path("photos")
+    out.mkdir()
+    (out / "holiday.jpg").write_bytes(b"not ours")
+    return [str(sweep), "--out", str(out), "--overwrite"], out, ["not an output of this project"]
+
+
+def _report_over_the_sweep(ws: Workspace):
+    sweep = _a_sweep_folder(ws)
+    return [str(sweep), "--out", str(sweep.parent), "--overwrite"], sweep, ["contains EXPERIMENT_DIR"]
+
+
+def _surgery_over_its_input(ws: Workspace):
+    phase1 = ws.phase1()
+    return [str(phase1), str(phase1), "--preset", "tiny", "--overwrite"], phase1, ["IN", "is the same path as"]
+
+
+def _surgery_over_a_phase1_file(ws: Workspace):
+    phase1, other = ws.phase1(), ws.path("other_phase1.pth")
+    shutil.copy(phase1, other)
+    return [str(phase1), str(other), "--preset", "tiny", "--overwrite"], other, ["not an output of this project"]
+
+
+def _synthetic_over_a_foreign_folder(ws: Workspace):
+    out = ws.path("thesis")
+    out.mkdir()
+    (out / "chapter1.tex").write_text("not ours")
+    return ["--out", str(out), "--train", "1", "--val", "1", "--overwrite"], out, ["not an output of this project"]
+
+
+def _converter_over_its_label_maps(ws: Workspace):
+    out, frames = ws.path("medis"), ws.path("frames")
+    for folder in (out / "labels", frames):
+        folder.mkdir(parents=True)
+    return (["--images", str(frames), "--label-maps", str(out / "labels"), "--out", str(out), "--overwrite"],
+            out / "labels", ["contains --label-maps"])
+
+
+def _file_name_outside(ws: Workspace, file_name: str | None = None, *fragments: str):
+    paths = ws.dataset()
+    outside = ws.path("outside.png")
+    shutil.copy(ws.first_image(), outside)
+    name = file_name if file_name is not None else str(outside)
+    ws.edit_json(paths.train_json, _set(_img, "file_name", name))
+    return [str(paths.train_json), "--images", str(paths.images_dir)], paths.train_json, list(fragments)
+
+
+def _symlink_outside(ws: Workspace):
+    paths = ws.dataset()
+    outside = ws.path("outside.png")
+    shutil.copy(ws.first_image(), outside)
+    ws.first_image().unlink()
+    ws.first_image().symlink_to(outside)
+    return [str(paths.train_json), "--images", str(paths.images_dir)], paths.train_json, ["outside the images folder"]
+
+
+def _resume_without_state(ws: Workspace):
+    config = ws.config()
+    (ws.path("out") / "bad-input").mkdir(parents=True)
+    return ["--config", str(config), "--resume", "--dry-run"], ws.path("out") / "bad-input", ["no Tune experiment state"]
+
+
+def _journal_is_a_folder(ws: Workspace):
+    journal = ws.path("journal")
+    journal.mkdir()
+    config = ws.config(lambda raw: raw.__setitem__("searcher", {"storage": str(journal)}))
+    return ["--config", str(config), "--dry-run"], journal, ["searcher.storage", "is a folder"]
+
+
+def _config_text(ws: Workspace, text: str | bytes, *fragments: str):
+    config = ws.config()
+    config.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return ["--config", str(config), "--dry-run"], config, list(fragments)
+
+
+ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
+    f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n"
+    for i in range(8))
 
 
 CASES: dict[str, Case] = {
@@ -365,6 +469,48 @@ CASES: dict[str, Case] = {
     "export: experiment is a regular file": Case("export", "sweep folder", _export_a_file),
     "export: an empty folder, not a Tune experiment": Case("export", "sweep folder", _export_empty_folder),
     "export: --out exists": Case("export", "sweep folder", _export_out_exists),
+    # outputs never overlap inputs; --overwrite replaces only this project's own outputs
+    "export: --out is the sweep, with --overwrite": Case("export", "output", _export_over_the_sweep),
+    "export: --out inside the sweep": Case("export", "output", _export_inside_the_sweep),
+    "export: --overwrite over a folder it did not write": Case("export", "output", _export_over_a_foreign_folder),
+    "report: --out contains the sweep": Case("report", "output", _report_over_the_sweep),
+    "surgery: OUT is IN": Case("surgery", "output", _surgery_over_its_input),
+    "surgery: --overwrite over a Phase 1 file": Case("surgery", "output", _surgery_over_a_phase1_file),
+    "synthetic: --overwrite over a folder it did not write": Case("synthetic", "output",
+                                                                  _synthetic_over_a_foreign_folder),
+    "create_coco_cass: --out holds the label maps": Case("create_coco_cass", "output", _converter_over_its_label_maps),
+    # a dataset is read only from its images folder
+    "coco: file_name climbs out with ..": Case("validate", "coco", lambda ws: _file_name_outside(
+        ws, "../../outside.png", "image id", "leaves the images folder")),
+    "coco: absolute file_name": Case("validate", "coco", lambda ws: _file_name_outside(
+        ws, None, "leaves the images folder")),
+    "coco: Windows drive in file_name": Case("validate", "coco", lambda ws: _file_name_outside(
+        ws, "E:\\angio\\frame.png", "leaves the images folder")),
+    "coco: image symlinked from outside": Case("validate", "coco", _symlink_outside),
+    # what a run would wait on or crash on, refused at --dry-run
+    "config: more CPUs per trial than the machine has": Case("stage2", "config", lambda ws: _dry_run(
+        ws, _trial(num_workers=1000), None, "trial.num_workers", "wait for them forever")),
+    "config: negative seed": Case("stage2", "config", lambda ws: _dry_run(
+        ws, _trial(seed=-1), None, "trial.seed", "must lie in")),
+    "config: searcher seed too large": Case("stage2", "config", lambda ws: _dry_run(
+        ws, lambda raw: raw.__setitem__("searcher", {"seed": 2**40}), None, "searcher.seed")),
+    "config: journal path is a folder": Case("stage2", "config", _journal_is_a_folder),
+    "config: --resume of a folder without Tune state": Case("stage2", "sweep folder", _resume_without_state),
+    "config: name escapes the storage folder": Case("stage2", "config", lambda ws: _dry_run(
+        ws, lambda raw: raw.__setitem__("name", ".."), None, "name", "plain folder name")),
+    "config: NaN learning rate": Case("stage2", "config", lambda ws: _config_text(
+        ws, "name: x\nstorage_path: /tmp/x\nsearch_space: s\ntrial: {lr_vision: .nan}\n", "trial.lr_vision",
+        "finite")),
+    "config: a number too large for a float": Case("stage2", "config", lambda ws: _config_text(
+        ws, "name: x\nstorage_path: /tmp/x\nsearch_space: s\ntrial: {weight_decay: 1e999}\n", "trial.weight_decay",
+        "finite")),
+    "config: a list where a string belongs": Case("stage2", "config", lambda ws: _dry_run(
+        ws, lambda raw: raw.__setitem__("name", ["a", "b"]), None, "name: expected str")),
+    "config: a key given twice": Case("stage2", "config", lambda ws: _config_text(
+        ws, "name: x\nname: y\nstorage_path: /tmp/x\nsearch_space: s\ntrial: {}\n", "line 2", "given twice")),
+    "config: not UTF-8": Case("stage2", "config", lambda ws: _config_text(
+        ws, "name: caf\xe9\n".encode("latin-1"), "not UTF-8")),
+    "config: a YAML alias bomb": Case("stage2", "config", lambda ws: _config_text(ws, ALIAS_BOMB, "aliases")),
 }
 
 
@@ -406,7 +552,7 @@ def test_bad_input_exits_2_with_one_message_naming_file_and_field_and_writes_not
 def test_the_catalogue_covers_every_kind_of_input_with_at_least_25_cases():
     kinds = {case.kind for case in CASES.values()}
     assert len(CASES) >= 25
-    assert kinds == {"coco", "image", "config", "search space", "checkpoint", "sweep folder"}
+    assert kinds == {"coco", "image", "config", "search space", "checkpoint", "sweep folder", "output"}
     assert {case.cli for case in CASES.values()} == set(CLIS)
 
 

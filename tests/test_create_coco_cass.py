@@ -112,5 +112,28 @@ def test_invalid_input_leaves_no_output(case, export, tmp_path, capsys):
 
 def test_existing_output_is_refused(export, tmp_path, capsys):
     (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "notes.txt").write_text("mine")
     assert _run(export, tmp_path / "d") == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_overwrite_replaces_only_a_dataset_this_project_wrote(export, tmp_path, capsys):
+    """--overwrite over someone else's folder is refused; over this command's own output it rebuilds it."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "notes.txt").write_text("mine")
+    assert _run(export, tmp_path / "d", "--overwrite") == 2
+    assert "is not an output of this project" in capsys.readouterr().err
+    assert (tmp_path / "d" / "notes.txt").read_text() == "mine"
+    assert _run(export, tmp_path / "ours") == 0
+    first = _load(tmp_path / "ours")
+    assert _run(export, tmp_path / "ours", "--overwrite") == 0
+    assert _load(tmp_path / "ours") == first
+
+
+def test_label_maps_inside_the_output_are_never_deleted(export, tmp_path, capsys):
+    """The issue's case: --out D --overwrite with the label maps inside D deleted the label maps."""
+    before = sorted(p.name for p in (export / "labels").iterdir())
+    assert _run(export, export, "--overwrite") == 2
+    err = capsys.readouterr().err
+    assert "would overlap an input" in err and "contains --label-maps" in err
+    assert sorted(p.name for p in (export / "labels").iterdir()) == before

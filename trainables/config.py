@@ -18,6 +18,7 @@ from common.errors import InputError
 from common.typed_yaml import parse_fields
 
 PATCH_SIZE = 14
+MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
 
 
 def setting(default: Any, doc: str, *, minimum: float | None = None, maximum: float | None = None,
@@ -36,6 +37,9 @@ class TrialConfig:
     train_json: str = setting("", "COCO CASS training annotations", searchable=False)
     val_json: str = setting("", "COCO CASS validation annotations", searchable=False)
     images_dir: str = setting("", "the folder that image `file_name`s are relative to", searchable=False)
+    follow_image_links: bool = setting(False, "image files may be symlinks to files outside images_dir (off: "
+                                       "such a link is refused, so a dataset is read only from its folder)",
+                                       searchable=False)
     # --- model ---
     preset: Literal["tiny", "full"] = setting("tiny", "sam3 architecture: `full` (SAM3) or `tiny` (same classes, "
                                               "small widths, for CPUs and tests)")
@@ -95,7 +99,7 @@ class TrialConfig:
     use_gpu: bool = setting(False, "one GPU per worker", searchable=False)
     cpu_threads_per_worker: int = setting(1, "CPUs Ray reserves for, and torch uses in, each worker", minimum=1,
                                           searchable=False)
-    seed: int = setting(0, "seed of the model init, data order and augmentation")
+    seed: int = setting(0, "seed of the model init, data order and augmentation", minimum=0, maximum=MAX_SEED)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, source: str = "config", prefix: str = "") -> "TrialConfig":

@@ -132,14 +132,15 @@ class CassDataset(torch.utils.data.Dataset):
 
     ``annotations``: the COCO JSON; ``images_dir``: the folder its ``file_name``s are relative to. Both
     are checked with :func:`data_prep.validate.validate_coco` on construction (an ``InputError`` lists
-    every problem). Items are ordered by COCO image id. ``train`` selects augmentation
+    every problem; an image file outside ``images_dir`` is refused unless ``follow_links``). Items are ordered by COCO image id. ``train`` selects augmentation
     (:func:`train_transforms`) or none (:func:`val_transforms`); training items are a deterministic
     function of ``(seed, epoch, index)`` (:meth:`set_epoch`).
     """
 
     def __init__(self, annotations: str | Path, images_dir: str | Path, resolution: int, *, train: bool,
-                 hflip: bool = False, brightness_contrast: float = 0.0, seed: int = 0) -> None:
-        report = validate_coco(Path(annotations), Path(images_dir))
+                 hflip: bool = False, brightness_contrast: float = 0.0, seed: int = 0,
+                 follow_links: bool = False) -> None:
+        report = validate_coco(Path(annotations), Path(images_dir), follow_links=follow_links)
         report.raise_if_errors()
         for warning in report.warnings:
             log.warning("%s", warning)
@@ -252,7 +253,8 @@ def build_dataset(cfg: TrialConfig, split: str) -> CassDataset:
         raise ValueError(f"split {split!r} is not one of 'train', 'val'")
     train = split == "train"
     return CassDataset(cfg.train_json if train else cfg.val_json, cfg.images_dir, cfg.resolution, train=train,
-                       hflip=cfg.hflip, brightness_contrast=cfg.brightness_contrast, seed=cfg.seed)
+                       hflip=cfg.hflip, brightness_contrast=cfg.brightness_contrast, seed=cfg.seed,
+                       follow_links=cfg.follow_image_links)
 
 
 def build_loader(cfg: TrialConfig, split: str, *, rank: int = 0, world_size: int = 1,

@@ -1,6 +1,6 @@
 """Convert a Phase 1 checkpoint into the native sam3 format, then prove it loads strictly.
 
-    python -m trainables.checkpoints.surgery IN OUT [--preset full|tiny] [--allow-missing PATTERN ...]
+    python -m trainables.checkpoints.surgery IN OUT [--preset full|tiny] [--allow-missing PATTERN ...] [--overwrite]
 
 Steps: read IN with ``weights_only=True``; unwrap ``model`` / ``state_dict``; strip ``module.`` and
 ``_orig_mod.``; keep the sam3 weights (keys under ``sam3.``, or already ``detector.``) and set everything
@@ -9,8 +9,9 @@ every ``attn.freqs_cis`` by sam3's table at the preset's native grid (a Phase 1 
 672 tables); store plain fp32 tensors; load the result into a fresh model of the preset strictly and print
 the report. Any missing (not allowed by ``--allow-missing``), unexpected or wrong-shape tensor exits with
 status 2 and writes nothing; OUT is written atomically (temp file + rename). An OUT that cannot be
-written (its folder is a file, a read-only or full disk) exits with status 2 too, checked before the
-model is built.
+written (its folder is a file, a read-only or full disk), that is IN, or that exists (without
+``--overwrite``, or when it is not a native checkpoint) exits with status 2 too, checked before the model
+is built.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from pathlib import Path
 import torch
 
 from common.errors import InputError, run_cli
+from common.outputs import check_apart, check_replaceable, staged_file
 from common.paths import nearest_existing
-from trainables.checkpoints.files import atomic_torch_save, safe_torch_load
+from trainables.checkpoints.files import safe_torch_load
 from trainables.checkpoints.native import PREFIX, load_native, native_rope_tables
 from trainables.model import build_model
 
@@ -83,31 +85,54 @@ def to_native(sam3: Mapping[str, torch.Tensor], model: torch.nn.Module) -> dict[
     return out
 
 
-def surgery(src: Path, dst: Path, *, preset: str = "full", allow_missing: Sequence[str] = ()) -> str:
-    """Convert ``src`` into ``dst`` (plus the side file of non-sam3 tensors); return the load report."""
+def surgery(src: Path, dst: Path, *, preset: str = "full", allow_missing: Sequence[str] = (),
+            overwrite: bool = False) -> str:
+    """Convert ``src`` into ``dst`` (plus the side file of non-sam3 tensors); return the load report.
+
+    ``dst`` never overlaps ``src``; an existing ``dst`` is replaced only with ``overwrite`` and only if it is a
+    native checkpoint (what this command writes), so a Phase 1 file can never be overwritten. Both files are
+    written beside their targets and renamed into place once the strict load passed.
+    """
     check_output_folder(dst)
+    check_apart({"OUT": dst, "OUT's side file": extra_path(dst)}, {"IN": src})
+    check_replaceable(dst, overwrite=overwrite, is_ours=is_native_checkpoint, option="OUT")
+    check_replaceable(extra_path(dst), overwrite=overwrite, is_ours=is_tensor_file, option="OUT's side file")
     sam3, extra = split_sam3(unwrap_state(safe_torch_load(src), str(src)), str(src))
     model = build_model(preset, seed=0)
     native = to_native(sam3, model)
-    tmp = dst.with_name(f".{dst.name}.unverified")
     try:
-        atomic_torch_save(native, tmp)
-        try:
-            report = load_native(model, tmp, allow_missing=allow_missing)
-        except InputError as err:  # name the input, not the temporary file that is about to go
-            raise InputError(str(err).replace(str(tmp), f"{src} (preset {preset}, nothing written)")) from None
-        if extra:
-            atomic_torch_save(extra, extra_path(dst))
-        tmp.replace(dst)
+        with staged_file(dst, overwrite=overwrite, is_ours=is_native_checkpoint) as staged:
+            torch.save(native, staged)
+            try:
+                report = load_native(model, staged, allow_missing=allow_missing)
+            except InputError as err:  # name the input, not the temporary file that is about to go
+                raise InputError(str(err).replace(str(staged), f"{src} (preset {preset}, nothing written)")) from None
+            if extra:
+                with staged_file(extra_path(dst), overwrite=overwrite, is_ours=is_tensor_file) as side:
+                    torch.save(extra, side)
+            elif is_tensor_file(extra_path(dst)):  # an earlier surgery's side file would describe another IN
+                extra_path(dst).unlink()
     except OSError as err:
         raise InputError(f"OUT {dst}: cannot be written ({err.strerror or err}); nothing written") from None
-    finally:
-        tmp.unlink(missing_ok=True)
     lines = [f"{src} -> {dst} (preset {preset})", report.format()]
     if extra:
         lines.append(f"set aside {len(extra)} non-sam3 tensor(s) in {extra_path(dst)}: "
                      f"{sorted({k.split('.')[0] for k in extra})}")
     return "\n".join(lines)
+
+
+def is_tensor_file(path: Path) -> bool:
+    """Whether ``path`` is a torch file holding a flat dict of tensors (what this command writes)."""
+    try:
+        state = safe_torch_load(path, mmap=True)
+    except InputError:
+        return False
+    return isinstance(state, Mapping) and bool(state) and all(isinstance(v, torch.Tensor) for v in state.values())
+
+
+def is_native_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a native-format checkpoint: a flat tensor dict whose keys all carry the prefix."""
+    return is_tensor_file(path) and all(k.startswith(PREFIX) for k in safe_torch_load(path, mmap=True))
 
 
 def check_output_folder(dst: Path) -> None:
@@ -127,10 +152,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("src", type=Path, metavar="IN", help="Phase 1 checkpoint (.pt/.pth)")
     parser.add_argument("dst", type=Path, metavar="OUT", help="native-format output file")
     parser.add_argument("--preset", choices=("full", "tiny"), default="full")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace OUT if it is a native checkpoint (never any other file)")
     parser.add_argument("--allow-missing", nargs="*", default=[], metavar="PATTERN",
                         help="fnmatch patterns of model keys that may be absent from IN (they keep random init)")
     args = parser.parse_args(argv)
-    print(surgery(args.src, args.dst, preset=args.preset, allow_missing=args.allow_missing))
+    print(surgery(args.src, args.dst, preset=args.preset, allow_missing=args.allow_missing,
+                  overwrite=args.overwrite))
     return 0
 
 
