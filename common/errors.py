@@ -3,7 +3,8 @@
 Every check at the edge (COCO files, images, configs, search spaces, checkpoints) raises
 :class:`InputError` with a message that names the file, the id/field and what to do. Command-line
 entry points wrap their ``main`` with :func:`run_cli`, which prints each problem and exits with
-status 2, the project-wide code for "your input is wrong" (argparse uses 2 as well).
+status 2, the project-wide code for "your input is wrong" (argparse uses 2 as well); Ctrl-C exits with 130
+and one line instead of a traceback.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # the shell's code for a command stopped by Ctrl-C (128 + SIGINT)
 
 
 class InputError(Exception):
@@ -30,3 +32,7 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:  # Ctrl-C: outputs are staged, so the targets are as they were
+        print("interrupted: no half-written output was left in place (a sweep continues with --resume)",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -93,14 +93,16 @@ def staged_folder(out: Path, *, overwrite: bool = False, command: str = "sam3-ca
     and is deleted when it raises (Ctrl-C included). See :func:`check_replaceable` for an existing ``out``."""
     out = Path(out)
     check_replaceable(out, overwrite=overwrite, option=option)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    created = make_parents(out)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.staging-"))
     try:
         mark(staging, command)
         yield staging
         publish(staging, out)
-    finally:
+    except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        remove_if_empty(created)
+        raise
 
 
 @contextmanager
@@ -112,15 +114,33 @@ def staged_file(out: Path, *, overwrite: bool = False, is_ours: Callable[[Path],
     if out.is_dir():
         raise InputError(f"{option} {out} is a folder; name the file to write")
     check_replaceable(out, overwrite=overwrite, is_ours=is_ours, option=option)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    created = make_parents(out)
     fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".staging")
     os.close(fd)
     staging = Path(name)
     try:
         yield staging
         os.replace(staging, out)
-    finally:
+    except BaseException:
         staging.unlink(missing_ok=True)
+        remove_if_empty(created)
+        raise
+
+
+def make_parents(out: Path) -> list[Path]:
+    """Create ``out``'s missing parent folders; return them, deepest first (to remove on failure)."""
+    missing = [p for p in [out.parent, *out.parent.parents] if not p.exists()]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def remove_if_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first) that are still empty: a refused command leaves no empty folder."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
 
 
 def publish(staging: Path, out: Path) -> None:

@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 from common.errors import InputError, run_cli
 from common.outputs import check_apart, check_replaceable, staged_folder
+from common.typed_yaml import excerpt
 from data_prep import cass
 from data_prep.coco_io import coco_document, instance_table, mask_annotation, write_json_atomic
 from data_prep.layout import SPLITS, DatasetPaths
@@ -99,8 +100,12 @@ def _load_masks(image: Path, size: tuple[int, int], label_maps: Path | None, mas
     labelled = False
 
     def read(path: Path) -> np.ndarray | None:
-        with Image.open(path) as im:
-            arr = np.array(im)
+        try:
+            with Image.open(path) as im:
+                arr = np.array(im)
+        except Exception as err:  # noqa: BLE001 (PIL raises many types for unreadable files)
+            problems.append(f"{path}: cannot be read as an image ({type(err).__name__}: {excerpt(str(err), 120)})")
+            return None
         if arr.ndim != 2 or arr.shape[::-1] != size:
             problems.append(f"{path}: is {arr.shape[1]}x{arr.shape[0]}{'' if arr.ndim == 2 else ' multi-channel'}"
                             f", expected a single-channel {size[0]}x{size[1]} image like {image.name}")
@@ -130,6 +135,13 @@ def _load_masks(image: Path, size: tuple[int, int], label_maps: Path | None, mas
     return masks if labelled else None
 
 
+def _links_leaving(folder: Path) -> list[str]:
+    """The files in ``folder`` that are symlinks to somewhere outside it, as problems."""
+    inside = folder.resolve()
+    return [f"{f}: a link to {f.resolve()}, outside {folder}; copy the file in, or pass --follow-links"
+            for f in sorted(folder.iterdir()) if f.is_symlink() and not f.resolve().is_relative_to(inside)]
+
+
 def _unknown_mask_files(masks_dir: Path, images: list[Path]) -> list[str]:
     expected = {f"{p.stem}_{c.short_name}.png" for p in images for c in cass.CASS_CATEGORIES}
     return [f"{f}: matches no <image stem>_<CASS short name>.png (short names: "
@@ -149,7 +161,7 @@ def _read_frames(images: list[Path], patients: dict[Path, str], label_maps: Path
                 im.load()
                 size = im.size
         except Exception as err:  # PIL raises many types for unreadable files
-            problems.append(f"{path}: cannot be read as an image ({type(err).__name__}: {err})")
+            problems.append(f"{path}: cannot be read as an image ({type(err).__name__}: {excerpt(str(err), 120)})")
             continue
         masks = _load_masks(path, size, label_maps, masks_dir, problems)
         if masks is None:
@@ -213,8 +225,11 @@ def _write_dataset(root: Path, frames: list[_Frame], val_patients: set[str]) -> 
 def convert(images_dir: Path, out: Path, *, label_maps: Path | None = None, masks: Path | None = None,
             val_fraction: float = 0.2, seed: int = 0, min_area: int = 10,
             patient_regex: str = DEFAULT_PATIENT_REGEX, patient_csv: Path | None = None,
-            overwrite: bool = False) -> DatasetPaths:
-    """Build the COCO CASS dataset folder ``out`` from frames and their labels (see the module doc)."""
+            overwrite: bool = False, follow_links: bool = False) -> DatasetPaths:
+    """Build the COCO CASS dataset folder ``out`` from frames and their labels (see the module doc).
+
+    Reads only inside the folders it is given: a file there that is a symlink to somewhere else is refused
+    unless ``follow_links``."""
     if label_maps is None and masks is None:
         raise InputError("give --label-maps and/or --masks: there is nothing to convert")
     for name, folder in (("--images", images_dir), ("--label-maps", label_maps), ("--masks", masks)):
@@ -231,6 +246,9 @@ def convert(images_dir: Path, out: Path, *, label_maps: Path | None = None, mask
     if not images:
         raise InputError(f"--images {images_dir} holds no image ({', '.join(IMAGE_SUFFIXES)})")
     problems: list[str] = _unknown_mask_files(masks, images) if masks is not None else []
+    if not follow_links:
+        problems += [problem for folder in (images_dir, label_maps, masks) if folder is not None
+                     for problem in _links_leaving(folder)]
     patients = _patient_ids(images, patient_regex, patient_csv, problems)
     frames, unlabelled, dropped = _read_frames(images, patients, label_maps, masks, min_area, problems)
     if problems:
@@ -264,10 +282,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--patient-csv", type=Path, help="CSV with columns file_name,patient_id")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace --out if it is a dataset this project wrote")
+    parser.add_argument("--follow-links", action="store_true",
+                        help="files in the input folders may be symlinks to files elsewhere (refused otherwise)")
     args = parser.parse_args(argv)
     paths = convert(args.images, args.out, label_maps=args.label_maps, masks=args.masks,
                     val_fraction=args.val_fraction, seed=args.seed, min_area=args.min_area,
-                    patient_regex=args.patient_regex, patient_csv=args.patient_csv, overwrite=args.overwrite)
+                    patient_regex=args.patient_regex, patient_csv=args.patient_csv, overwrite=args.overwrite,
+                    follow_links=args.follow_links)
     print(f"wrote {paths.root}")
     return 0
 

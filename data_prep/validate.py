@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -66,11 +67,33 @@ class ValidationReport:
         self.warnings += other.warnings
 
     def raise_if_errors(self) -> None:
-        """Raise :class:`InputError` listing every error (warnings are not included)."""
+        """Raise :class:`InputError` listing every defect once (:func:`summarise`; warnings not included)."""
         if self.errors:
             raise InputError(
                 f"COCO validation failed with {len(self.errors)} error(s); fix them and rerun "
-                "`python -m data_prep.validate`", self.errors)
+                "`python -m data_prep.validate`", summarise(self.errors))
+
+
+_RECORD_ID = re.compile(r"\b(annotation|image) id [^ ,:;)]+|\b(annotations|images|categories)\[\d+\]")
+MAX_IDS_LISTED = 5
+
+
+def summarise(messages: list[str]) -> list[str]:
+    """One line per defect: messages that differ only in the record they name (``annotation id 7``,
+    ``images[3]``) become the first of them plus how many more records share it, with a few of their ids."""
+    groups: dict[str, list[str]] = {}
+    for message in messages:
+        groups.setdefault(_RECORD_ID.sub(lambda m: f"{m.group(1) or m.group(2)} <id>", message), []).append(message)
+    lines = []
+    for similar in groups.values():
+        line = similar[0]
+        if len(similar) > 1:
+            others = [m.group(0) for message in similar[1:MAX_IDS_LISTED + 1] if (m := _RECORD_ID.search(message))]
+            more = len(similar) - 1
+            line += f" (and {more} more record(s) with the same defect: {', '.join(others)}" + \
+                (", ..." if more > len(others) else "") + ")"
+        lines.append(line)
+    return lines
 
 
 def _is_int(v: object) -> bool:

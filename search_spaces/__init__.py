@@ -125,7 +125,7 @@ def _domain(name: str, spec: Any, problems: list[str]) -> Any:
     kind = spec["type"]
     if kind == "choice":
         return _choice(where, name, spec, problems)
-    if kind not in _RANGE_TYPES:
+    if not isinstance(kind, str) or kind not in _RANGE_TYPES:
         problems.append(f"{where}: unknown type {excerpt(kind)} (expected one of {sorted([*_RANGE_TYPES, 'choice'])})")
         return None
     wanted = set(_RANGE_TYPES[kind]) | {"type"}
@@ -203,12 +203,13 @@ def _inside(spec: dict[str, Any], value: Any) -> tuple[bool, Any]:
     """Whether ``value`` lies in the (raw YAML) domain ``spec``, and the value as the domain's number type."""
     kind = spec.get("type")
     if kind == "choice":
-        return value in (spec.get("values") or []), value
-    if kind not in _RANGE_TYPES:
+        values = spec.get("values")
+        return isinstance(values, list) and value in values, value
+    if not isinstance(kind, str) or kind not in _RANGE_TYPES:
         return True, value  # the domain itself is already reported as invalid
     try:
         v = as_number(value, int if kind in _INT_TYPES else float)
-        low, high = float(spec["low"]), float(spec["high"])
+        low, high = as_number(spec["low"], float), as_number(spec["high"], float)
     except (KeyError, ValueError):
         return False, value
     return (low <= v < high) if kind == "randint" else (low <= v <= high), v

@@ -119,10 +119,10 @@ def dataset_problems(cfg: SweepConfig) -> list[str]:
     files = [Path(p) for p in (t.train_json, t.val_json) if p and not is_uri(p) and Path(p).is_file()]
     if not files:
         return []
-    from data_prep.validate import validate_files
+    from data_prep.validate import summarise, validate_files
 
     images = Path(t.images_dir) if t.images_dir and Path(t.images_dir).is_dir() else None
-    errors = validate_files(files, images, follow_links=t.follow_image_links).errors
+    errors = summarise(validate_files(files, images, follow_links=t.follow_image_links).errors)
     if len(errors) > MAX_LISTED:
         errors = errors[:MAX_LISTED] + [f"... and {len(errors) - MAX_LISTED} more COCO error(s): run "
                                         f"`python -m data_prep.validate {' '.join(map(str, files))} --images {images}`"]

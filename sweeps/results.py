@@ -39,6 +39,7 @@ from optuna.storages.journal import JournalFileBackend
 
 from common.errors import InputError
 from common.paths import is_uri
+from common.typed_yaml import excerpt
 from sweeps.config import METRIC, SECOND_OBJECTIVE, TIME_ATTR, default_journal
 from sweeps.optuna_search import RAY_TRIAL_ID_ATTR
 
@@ -239,8 +240,10 @@ def load_sweep(experiment_dir: str | Path, *, journal: str | Path | None = None,
     fs, fs_path = experiment_filesystem(experiment)
     try:
         analysis = ExperimentAnalysis(fs_path, storage_filesystem=fs)
-    except (ValueError, OSError) as err:
-        raise InputError(f"{experiment}: not a Tune experiment directory ({str(err).splitlines()[0]})") from None
+    except Exception as err:  # noqa: BLE001 (Tune's reader raises KeyError, TypeError... on a damaged state file)
+        detail = str(err).splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"{experiment}: not a Tune experiment directory, or its state is damaged "
+                         f"({type(err).__name__}: {excerpt(detail, 200)})") from None
     name = experiment.rstrip("/").rpartition("/")[2]
     notes: list[str] = []
     if journal is None and is_uri(experiment):

@@ -137,3 +137,13 @@ def test_label_maps_inside_the_output_are_never_deleted(export, tmp_path, capsys
     err = capsys.readouterr().err
     assert "would overlap an input" in err and "contains --label-maps" in err
     assert sorted(p.name for p in (export / "labels").iterdir()) == before
+
+
+def test_a_frame_linked_from_outside_the_input_folder_is_refused_unless_links_are_allowed(export, tmp_path, capsys):
+    frame = sorted((export / "images").iterdir())[0]
+    elsewhere = tmp_path / "elsewhere.png"
+    frame.rename(elsewhere)
+    frame.symlink_to(elsewhere)
+    assert _run(export, tmp_path / "d") == 2
+    assert f"a link to {elsewhere}" in capsys.readouterr().err and not (tmp_path / "d").exists()
+    assert _run(export, tmp_path / "d", "--follow-links") == 0

@@ -28,6 +28,7 @@ import torch
 import yaml
 
 from common.errors import InputError, run_cli
+from common.outputs import MARKER
 from search_spaces import load_search_spec
 from sweeps import ray_compat
 from sweeps.config import parse_sweep_config
@@ -113,7 +114,7 @@ def test_dice_pick_exports_the_max_val_dice_row_of_all_trials_not_the_last_one(d
     assert (model.step, model.metrics["val_dice"], model.metrics["val_ap75"]) == (2, 0.8, 0.2)
     out = dice_export.out
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["model.pt", "trial_config.json", "metrics.json", "export.json", MANIFEST])
+        ["model.pt", "trial_config.json", "metrics.json", "export.json", MANIFEST, MARKER])
     assert json.loads((out / "metrics.json").read_text()) == {"val_dice": 0.8, "val_ap75": 0.2, "step": 2,
                                                              "diverged": False}
     config = json.loads((out / "trial_config.json").read_text())
@@ -139,7 +140,7 @@ def test_the_manifest_verifies_with_verify_export_and_with_sha256sum(dice_export
     verify_export(dice_export.out)
     checked = subprocess.run(["sha256sum", "-c", MANIFEST], cwd=dice_export.out, capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert checked.stdout.count(": OK") == 4
+    assert checked.stdout.count(": OK") == 5  # model, config, metrics, provenance, the output marker
 
 
 def test_a_tampered_or_added_file_fails_verification(dice_export, tmp_path):
@@ -197,7 +198,7 @@ def test_pareto_pick_exports_every_front_member_into_its_own_folder(experiment, 
 
 def test_an_existing_out_is_refused_without_overwrite_and_replaced_with_it(experiment, tmp_path, capsys):
     out = tmp_path / "best"
-    out.mkdir()
+    assert run_cli(main, [str(experiment), "--out", str(out)]) == 0  # an earlier export
     (out / "old.txt").write_text("old")
     assert run_cli(main, [str(experiment), "--out", str(out)]) == 2
     assert "pass --overwrite" in capsys.readouterr().err and (out / "old.txt").exists()
@@ -207,6 +208,15 @@ def test_an_existing_out_is_refused_without_overwrite_and_replaced_with_it(exper
     assert not (out / "old.txt").exists()
     verify_export(out)
     assert [p.name for p in tmp_path.iterdir()] == ["best"]  # no staging or old folder left behind
+
+
+def test_overwrite_never_replaces_a_folder_the_export_did_not_write(experiment, tmp_path, capsys):
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's")
+    assert run_cli(main, [str(experiment), "--out", str(out), "--overwrite"]) == 2
+    assert "not an output of this project" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
 
 
 def test_a_missing_experiment_exits_2_and_creates_nothing(tmp_path, capsys):

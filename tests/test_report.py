@@ -284,8 +284,10 @@ def test_the_command_line_without_an_export_notes_how_to_get_overlays(experiment
 def test_a_directory_that_is_not_a_sweep_is_refused(tmp_path, capsys):
     from common.errors import run_cli
 
-    assert run_cli(main, [str(tmp_path), "--out", str(tmp_path / "page")]) == 2
+    (tmp_path / "not-a-sweep").mkdir()
+    assert run_cli(main, [str(tmp_path / "not-a-sweep"), "--out", str(tmp_path / "page")]) == 2
     assert "not a Tune experiment directory" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["not-a-sweep"]
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -137,3 +137,28 @@ def test_synthetic_set_passes(dataset, capsys):
     assert run_cli(main, args) == 0
     assert "ok:" in capsys.readouterr().out
     assert validate_dataset(dataset).errors == []
+
+
+def test_a_defect_shared_by_many_annotations_is_reported_once(dataset):
+    """One line per defect, naming how many more records share it: not one line per annotation."""
+    _edit(dataset.train_json, lambda doc: [ann.pop("iscrowd") for ann in doc["annotations"]])
+    count = len(json.loads(dataset.train_json.read_text())["annotations"])
+    with pytest.raises(InputError) as info:
+        validate_coco(dataset.train_json, dataset.images_dir).raise_if_errors()
+    (line,) = info.value.problems
+    assert "iscrowd" in line and f"(and {count - 1} more record(s) with the same defect: annotation id" in line
+    assert len(str(info.value)) < 600
+
+
+def test_a_file_name_is_read_only_from_inside_the_images_folder(dataset, tmp_path):
+    outside = tmp_path / "elsewhere.png"
+    first = json.loads(dataset.train_json.read_text())["images"][0]["file_name"]
+    shutil.copy(dataset.images_dir / first, outside)
+    (dataset.images_dir / first).unlink()
+    (dataset.images_dir / first).symlink_to(outside)
+    assert "outside the images folder" in " ".join(validate_coco(dataset.train_json, dataset.images_dir).errors)
+    assert validate_coco(dataset.train_json, dataset.images_dir, follow_links=True).errors == []
+    for name in ("../elsewhere.png", str(outside), "C:\\angio\\f.png", "sub/../../x.png"):
+        _edit(dataset.train_json, _set(lambda d: d["images"][0], "file_name", name))
+        errors = validate_coco(dataset.train_json, dataset.images_dir, check_images=False).errors
+        assert any("leaves the images folder" in e for e in errors), name

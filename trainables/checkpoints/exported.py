@@ -6,6 +6,7 @@ An exported model folder (written by :mod:`sweeps.export`) holds:
 - ``trial_config.json``: the :class:`~trainables.config.TrialConfig` that trained it;
 - ``metrics.json``: what the trial reported with that checkpoint (``step`` included);
 - ``export.json``: provenance (experiment, trial, pick, source checkpoint, date);
+- ``.written-by-sam3-cass``: the marker of an output folder this project wrote (:mod:`common.outputs`);
 - ``MANIFEST.sha256``: one ``<sha256>  <relative path>`` line per file (``sha256sum -c`` compatible).
 
 :func:`check_loads` proves a ``model.pt`` reloads bitwise, through :func:`~.native.load_native` and through sam3's
