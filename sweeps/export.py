@@ -196,16 +196,16 @@ def _report_of(trial_id: str, history, checkpoint_path: str) -> CheckpointReport
 
 
 def locate_checkpoint(fs: pyarrow.fs.FileSystem, experiment_fs_path: str, recorded: str) -> str:
-    """The checkpoint folder to read: inside THIS experiment folder if it has a copy (the folder may have
-    been moved or copied since the sweep), else the recorded location. Refuses one without ``model.pt``."""
-    candidates = [recorded]
+    """The checkpoint folder to read: the recorded checkpoint's place inside THIS experiment folder (which may
+    have been moved or copied since the sweep). Nothing outside the folder the user named is read: a
+    checkpoint that is not in it, or has no ``model.pt``, is refused."""
     if f"/{TRAIN_RUNS}/" in recorded:
-        candidates.insert(0, f"{experiment_fs_path}/{TRAIN_RUNS}/{recorded.rsplit(f'/{TRAIN_RUNS}/', 1)[1]}")
-    for path in candidates:
-        if fs.get_file_info(f"{path}/{MODEL_FILE}").type == pyarrow.fs.FileType.File:
-            return path
-    raise InputError(f"checkpoint {recorded}: {MODEL_FILE} not found (deleted by CheckpointConfig.num_to_keep, "
-                     f"which keeps the best by {METRIC}, or the experiment folder is incomplete)")
+        inside = f"{experiment_fs_path}/{TRAIN_RUNS}/{recorded.rsplit(f'/{TRAIN_RUNS}/', 1)[1]}"
+        if fs.get_file_info(f"{inside}/{MODEL_FILE}").type == pyarrow.fs.FileType.File:
+            return inside
+    raise InputError(f"checkpoint {recorded}: {MODEL_FILE} not found in the experiment folder {experiment_fs_path} "
+                     f"(deleted by CheckpointConfig.num_to_keep, which keeps the best by {METRIC}, or the folder "
+                     "is an incomplete copy)")
 
 
 def _export_one(fs: pyarrow.fs.FileSystem, source: str, choice: CheckpointReport, folder: Path, *, experiment: str,

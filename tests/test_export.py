@@ -302,3 +302,13 @@ def test_on_tied_scores_the_latest_checkpoint_is_the_best_one_as_trains_retentio
     assert best_checkpoint(history) == "c"
     history["val_dice"] = [0.3, 0.2, 0.2]
     assert best_checkpoint(history) == "a"
+
+
+def test_a_checkpoint_recorded_outside_the_named_experiment_folder_is_not_read(tmp_path):
+    """The experiment folder was copied without its checkpoints: the original place is not read."""
+    original = tmp_path / "old-place" / "sweep" / "train_runs" / "sweep-t1" / "checkpoint_2"
+    original.mkdir(parents=True)
+    (original / "model.pt").write_bytes(b"weights")
+    (tmp_path / "copy" / "train_runs").mkdir(parents=True)
+    with pytest.raises(InputError, match="not found in the experiment folder"):
+        locate_checkpoint(pyarrow.fs.LocalFileSystem(), str(tmp_path / "copy"), str(original))
