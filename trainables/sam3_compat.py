@@ -25,6 +25,17 @@ forward (the attention mask (1, 1, 32, 32) against (14, 16, 32, 32); measured on
 the bare sam3 loop fails the same way), and ``torch.utils.checkpoint`` raises ``CheckpointError``. The text
 encoder's activations are small (14 prompts x 32 tokens), so it runs without checkpointing in bf16.
 
+8. Triton. ``model/edt.py``, ``train/loss/sigmoid_focal_loss.py`` and ``perflib/triton/*.py`` import
+   ``triton`` at module level, and the image model's import chain reaches ``edt.py`` (through
+   ``model/sam3_tracker_utils.py``). Windows has no official Triton wheel (sam3 issue #154), so without it
+   nothing of sam3 imports. :func:`provide_triton` (run by ``import trainables``) installs a stand-in module
+   when ``triton`` cannot be imported: sam3's modules import, and running one of its Triton kernels raises a
+   clear error instead. :func:`apply` then routes every Triton path sam3 has to its torch/CPU implementation,
+   whatever the device: the focal loss (``triton=False``), mask NMS (``perflib/nms.py:66`` ->
+   ``generic_nms_cpu``), connected components (``perflib/connected_components.py:77`` ->
+   ``connected_components_cpu``) and the tracker's distance transform (``model/sam3_tracker_utils.py:178``
+   -> SciPy's ``distance_transform_edt``). With Triton installed nothing changes but patch 4.
+
 7. ``model/encoder.py:440`` and ``model/decoder.py:384,527`` assert activation checkpointing in training mode
    (a memory policy for 1008 px on GPUs, not a correctness need: the same layers run unchecked in eval).
    ``activation_ckpt_wrapper``, as those two modules import it, is wrapped to run a module marked by
@@ -38,6 +49,9 @@ encoder's activations are small (14 prompts x 32 tokens), so it runs without che
 from __future__ import annotations
 
 import functools
+import importlib
+import sys
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -112,6 +126,122 @@ def _torch_focal_loss_off_cuda(focal_loss: Callable[..., torch.Tensor]) -> Calla
     return wrapper
 
 
+class _MissingTriton:
+    """Stands in for any object of the ``triton`` package when it is not installed: sam3's module-level uses
+    (``@triton.jit``, ``@triton.autotune(...)``, ``tl.constexpr`` annotations, ``kernel[grid]``) succeed;
+    running a kernel raises :class:`RuntimeError` naming it."""
+
+    def __init__(self, name: str, kernel: bool = False) -> None:
+        self._name, self._kernel = name, kernel
+
+    def __getattr__(self, attr: str) -> "_MissingTriton":
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return _MissingTriton(f"{self._name}.{attr}")
+
+    def __getitem__(self, key: Any) -> "_MissingTriton":
+        return _MissingTriton(self._name, kernel=True)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> "_MissingTriton":
+        if self._kernel:
+            raise RuntimeError(f"sam3 tried to run the Triton kernel {self._name}, but triton is not installed "
+                               "(trainables.sam3_compat routes the paths it knows to torch; this one is new)")
+        if len(args) == 1 and callable(args[0]) and not kwargs:  # a decorator: the result is the kernel
+            return _MissingTriton(getattr(args[0], "__qualname__", self._name), kernel=True)
+        return _MissingTriton(f"{self._name}(...)")
+
+
+class _MissingTritonModule(types.ModuleType):
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return _MissingTriton(f"{self.__name__}.{attr}")
+
+
+#: Whether the real ``triton`` package is importable (set by :func:`provide_triton`).
+TRITON_AVAILABLE = True
+
+
+def provide_triton() -> bool:
+    """Make sam3's modules importable where Triton is not installed (patch 8); return whether it is installed.
+
+    The stand-in is visible only while sam3's four Triton modules are imported, then removed again, so that
+    torch (whose inductor takes an importable ``triton`` for the real one) still finds none.
+    """
+    global TRITON_AVAILABLE
+    if not TRITON_AVAILABLE or "sam3.model.edt" in sys.modules:
+        return TRITON_AVAILABLE
+    try:
+        importlib.import_module("triton.language")
+        return True
+    except ImportError:
+        TRITON_AVAILABLE = False
+    from torch.utils._triton import has_triton_package
+
+    has_triton_package()  # cached (False) before the stand-in exists
+    for module in ("torchvision", "torch._inductor.runtime.triton_helpers"):  # torch's own look for triton,
+        importlib.import_module(module)  # made while the stand-in is absent (sam3 imports them too)
+    saved = {name: sys.modules.get(name, _ABSENT) for name in ("triton", "triton.language")}
+    triton = _MissingTritonModule("triton", "stand-in: triton is not installed (trainables.sam3_compat)")
+    triton.language = _MissingTritonModule("triton.language")
+    sys.modules["triton"], sys.modules["triton.language"] = triton, triton.language
+    try:
+        for module in _SAM3_TRITON_MODULES:
+            importlib.import_module(module)
+    finally:
+        for name, value in saved.items():
+            if value is _ABSENT:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = value
+    return False
+
+
+_ABSENT = object()
+#: sam3's modules that import triton at module level (sam3 0.1.4).
+_SAM3_TRITON_MODULES = ("sam3.model.edt", "sam3.train.loss.sigmoid_focal_loss",
+                        "sam3.perflib.triton.connected_components", "sam3.perflib.triton.nms")
+
+
+def _torch_focal_loss_without_triton(focal_loss: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """sam3's ``sigmoid_focal_loss`` on its torch path on every device (Triton absent)."""
+
+    @functools.wraps(focal_loss)
+    def wrapper(inputs: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        kwargs["triton"] = False
+        return focal_loss(inputs, *args, **kwargs)
+
+    return wrapper
+
+
+def _on_cpu(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a sam3 function whose CUDA path may need Triton on CPU copies of its tensor arguments, and move the
+    tensors it returns back to the first argument's device."""
+
+    @functools.wraps(function)
+    def wrapper(first: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        device = first.device
+        if device.type == "cpu":
+            return function(first, *args, **kwargs)
+        moved = [a.cpu() if isinstance(a, torch.Tensor) else a for a in args]
+        result = function(first.cpu(), *moved, **kwargs)
+        if isinstance(result, tuple):
+            return tuple(r.to(device) if isinstance(r, torch.Tensor) else r for r in result)
+        return result.to(device)
+
+    return wrapper
+
+
+def edt_cpu(data: torch.Tensor) -> torch.Tensor:
+    """sam3's ``edt_triton`` on any device through SciPy: for each (H, W) image of a (B, H, W) batch, the
+    Euclidean distance of every non-zero pixel to the nearest zero pixel (0 on zero pixels)."""
+    from scipy import ndimage
+
+    masks = data.detach().cpu().numpy()
+    out = torch.stack([torch.from_numpy(ndimage.distance_transform_edt(m)).float() for m in masks])
+    return out.to(data.device)
+
+
 def _checkpoint_unless_skipped(
         wrapper_factory: Callable[[Any], Callable[..., Any]]) -> Callable[[Any], Callable[..., Any]]:
     """Wrap sam3's ``activation_ckpt_wrapper`` so that modules marked by :func:`skip_required_checkpointing`
@@ -149,7 +279,8 @@ def _patch(owner: Any, name: str, wrap: Callable[[Callable[..., Any]], Callable[
 
 
 def apply() -> None:
-    """Install patches 1-4 and 7 of this module's docstring. Safe to call any number of times."""
+    """Install patches 1-4, 7 and (without Triton) 8 of this module's docstring. Safe to call any number of
+    times."""
     from sam3.model import decoder, encoder
     from sam3.model.decoder import TransformerDecoder
     from sam3.model.geometry_encoders import SequenceGeometryEncoder
@@ -159,9 +290,18 @@ def apply() -> None:
     _patch(PositionEmbeddingSine, "__init__", _cuda_constructor_on_cpu)
     _patch(TransformerDecoder, "__init__", _cuda_constructor_on_cpu)
     _patch(SequenceGeometryEncoder, "_encode_boxes", _pin_memory_only_with_accelerator)
-    _patch(loss_fns, "sigmoid_focal_loss", _torch_focal_loss_off_cuda)
+    _patch(loss_fns, "sigmoid_focal_loss",
+           _torch_focal_loss_off_cuda if TRITON_AVAILABLE else _torch_focal_loss_without_triton)
     _patch(encoder, "activation_ckpt_wrapper", _checkpoint_unless_skipped)
     _patch(decoder, "activation_ckpt_wrapper", _checkpoint_unless_skipped)
+    if not TRITON_AVAILABLE:
+        from sam3.model import sam3_tracker_utils
+        from sam3.perflib import connected_components, nms
+
+        _patch(nms, "generic_nms", lambda _: _on_cpu(nms.generic_nms_cpu))
+        _patch(connected_components, "connected_components",
+               lambda _: _on_cpu(connected_components.connected_components_cpu))
+        _patch(sam3_tracker_utils, "edt_triton", lambda _: edt_cpu)
 
 
 def init_empty_parameters(model: nn.Module) -> list[str]:
