@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from common.errors import InputError
-from common.paths import is_uri
+from common.paths import is_uri, join
 from common.typed_yaml import excerpt, load_yaml, parse_fields
 from data_prep.layout import DatasetPaths
 from trainables.config import MAX_SEED, TrialConfig
@@ -147,7 +147,7 @@ class SweepConfig:
     @property
     def experiment_dir(self) -> str:
         """Where Tune writes this sweep (``<storage_path>/<name>``, a path or URI)."""
-        return f"{self.storage_path.rstrip('/')}/{self.name}"
+        return join(self.storage_path, self.name)
 
     @property
     def optuna_journal(self) -> str:
@@ -167,7 +167,7 @@ class SweepConfig:
     @property
     def train_runs(self) -> str:
         """Where each trial's Ray Train run (and its checkpoints) is written: ``<experiment dir>/train_runs``."""
-        return f"{self.experiment_dir}/{TRAIN_RUNS}"
+        return join(self.experiment_dir, TRAIN_RUNS)
 
 
 def default_journal(experiment_dir: str) -> str:

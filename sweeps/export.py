@@ -199,8 +199,9 @@ def locate_checkpoint(fs: pyarrow.fs.FileSystem, experiment_fs_path: str, record
     """The checkpoint folder to read: the recorded checkpoint's place inside THIS experiment folder (which may
     have been moved or copied since the sweep). Nothing outside the folder the user named is read: a
     checkpoint that is not in it, or has no ``model.pt``, is refused."""
-    if f"/{TRAIN_RUNS}/" in recorded:
-        inside = f"{experiment_fs_path}/{TRAIN_RUNS}/{recorded.rsplit(f'/{TRAIN_RUNS}/', 1)[1]}"
+    recorded_posix = recorded.replace("\\", "/")  # Ray on Windows may record backslashes (Ray #37226)
+    if f"/{TRAIN_RUNS}/" in recorded_posix:
+        inside = f"{experiment_fs_path}/{TRAIN_RUNS}/{recorded_posix.rsplit(f'/{TRAIN_RUNS}/', 1)[1]}"
         if fs.get_file_info(f"{inside}/{MODEL_FILE}").type == pyarrow.fs.FileType.File:
             return inside
     raise InputError(f"checkpoint {recorded}: {MODEL_FILE} not found in the experiment folder {experiment_fs_path} "

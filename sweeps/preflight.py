@@ -35,9 +35,38 @@ PROBE_BYTES = 1 << 20  # a write of this size must succeed where the sweep write
 MAX_LISTED = 20  # COCO errors listed here; `python -m data_prep.validate` lists them all
 
 
+#: Windows' path limit (MAX_PATH) for programs, Ray among them, that do not opt into long paths.
+WINDOWS_MAX_PATH = 260
+#: Characters a sweep's deepest file adds below ``<storage_path>/<name>`` besides a second copy of the name:
+#: a trial's W&B offline-run logs (``<trial id>/wandb/offline-run-<date>-<id>/logs/debug-internal.log``, 107 in
+#: a real sweep) or ``train_runs/<name>-<trial id>/checkpoint_<date>/trainer_state.pt``, with a margin.
+#: tests/test_wandb_offline.py checks that this bounds the deepest path of a real sweep.
+DEEPEST_BELOW_EXPERIMENT = 110
+
+
 def problems(cfg: SweepConfig) -> list[str]:
     """Every reason this sweep cannot run here (empty when it can)."""
-    return [*storage_problems(cfg), *gpu_problems(cfg), *checkpoint_problems(cfg), *dataset_problems(cfg)]
+    return [*storage_problems(cfg), *windows_path_problems(cfg), *gpu_problems(cfg), *checkpoint_problems(cfg),
+            *dataset_problems(cfg)]
+
+
+def deepest_path_length(cfg: SweepConfig) -> int:
+    """An upper bound on the length of the longest path the sweep writes (trial folders, Train runs, checkpoints,
+    W&B runs)."""
+    return len(cfg.experiment_dir) + len(cfg.name) + DEEPEST_BELOW_EXPERIMENT
+
+
+def windows_path_problems(cfg: SweepConfig, *, windows: bool = os.name == "nt") -> list[str]:
+    """On Windows, a storage path so long that the sweep's deepest files would pass the 260-character limit."""
+    if not windows or is_uri(cfg.storage_path):
+        return []
+    deepest = deepest_path_length(cfg)
+    if deepest < WINDOWS_MAX_PATH:
+        return []
+    return [f"storage_path: {cfg.storage_path} with name {cfg.name!r}: the sweep's deepest files would be about "
+            f"{deepest} characters long, past Windows' limit of {WINDOWS_MAX_PATH} (Ray issue #46607); choose a "
+            f"storage_path of at most {WINDOWS_MAX_PATH - 1 - deepest + len(cfg.storage_path)} characters "
+            "(E:\\sweeps, say) or a shorter name"]
 
 
 def storage_problems(cfg: SweepConfig) -> list[str]:

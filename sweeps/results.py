@@ -38,7 +38,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
 from common.errors import InputError
-from common.paths import is_uri
+from common.paths import is_uri, last_part
 from common.typed_yaml import excerpt
 from sweeps.config import METRIC, SECOND_OBJECTIVE, TIME_ATTR, default_journal
 from sweeps.optuna_search import RAY_TRIAL_ID_ATTR
@@ -219,7 +219,7 @@ def experiment_filesystem(experiment: str) -> tuple[pyarrow.fs.FileSystem, str]:
     if is_uri(experiment):
         fs, path = pyarrow.fs.FileSystem.from_uri(experiment)
     else:
-        fs, path = pyarrow.fs.LocalFileSystem(), str(Path(experiment).absolute())
+        fs, path = pyarrow.fs.LocalFileSystem(), Path(experiment).absolute().as_posix()  # pyarrow: "/" on every OS
     if fs.get_file_info(path).type != pyarrow.fs.FileType.Directory:
         raise InputError(f"{experiment}: experiment folder not found (expected <storage_path>/<sweep name>)")
     return fs, path
@@ -244,7 +244,7 @@ def load_sweep(experiment_dir: str | Path, *, journal: str | Path | None = None,
         detail = str(err).splitlines()[0] if str(err).strip() else type(err).__name__
         raise InputError(f"{experiment}: not a Tune experiment directory, or its state is damaged "
                          f"({type(err).__name__}: {excerpt(detail, 200)})") from None
-    name = experiment.rstrip("/").rpartition("/")[2]
+    name = last_part(experiment)
     notes: list[str] = []
     if journal is None and is_uri(experiment):
         notes.append(f"{experiment} is not a local folder: name its Optuna journal (a local/NFS file) to read "

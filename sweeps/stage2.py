@@ -260,7 +260,14 @@ def make_tune_config(cfg: SweepConfig, spec: SearchSpec):
     from ray import tune
 
     return tune.TuneConfig(search_alg=make_searcher(cfg, spec), scheduler=make_scheduler(cfg),
-                           num_samples=cfg.num_samples, max_concurrent_trials=max_concurrent_trials(cfg))
+                           num_samples=cfg.num_samples, max_concurrent_trials=max_concurrent_trials(cfg),
+                           trial_dirname_creator=trial_dirname)
+
+
+def trial_dirname(trial) -> str:
+    """A trial's folder name: its id alone. Tune's default adds every sampled value (up to 130 characters plus
+    a date), which puts a trial's W&B files past Windows' 260-character path limit (Ray #46607)."""
+    return trial.trial_id
 
 
 def run_sweep(cfg: SweepConfig, spec: SearchSpec, *, resume: bool = False,

@@ -172,3 +172,19 @@ def test_disabled_wandb_logs_nothing(tmp_path):
     cfg = offline_config(tmp_path, mode="disabled")
     assert trial_callbacks(cfg) == [] and log_sweep_summary(cfg) is None
     assert not Path(cfg.experiment_dir).exists()
+
+
+def test_the_deepest_path_of_a_sweep_fits_windows_below_a_40_character_storage_root(offline_sweep):
+    """Trial folders, Train runs, checkpoints and W&B runs (the deepest kind of file a sweep writes): below a
+    40-character root (E:\\... on a workstation) every path stays under 200 characters, and the bound the
+    preflight uses for Windows is not smaller than what the sweep really wrote."""
+    from sweeps.preflight import deepest_path_length
+
+    cfg, _ = offline_sweep
+    storage = Path(cfg.storage_path)
+    deepest = max(Path(cfg.experiment_dir).rglob("*"), key=lambda p: len(p.relative_to(storage).as_posix()))
+    depth = len(deepest.relative_to(storage).as_posix())
+    assert 40 + 1 + depth < 200, deepest
+    assert deepest_path_length(cfg) - len(cfg.storage_path) >= 1 + depth + len("trainer_state.pt") - len("state.json")
+    trial_dirs = [p for p in Path(cfg.experiment_dir).iterdir() if (p / "params.json").is_file()]
+    assert trial_dirs and all(len(p.name) <= 16 for p in trial_dirs)  # the trial id, no sampled values
