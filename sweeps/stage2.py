@@ -242,9 +242,12 @@ def max_concurrent_trials(cfg: SweepConfig) -> int:
 
     t = cfg.trial
     total = ray.cluster_resources()
-    if t.use_gpu:
-        return max(1, int(total.get("GPU", 0) // t.num_workers))
-    return max(1, int(total.get("CPU", 0) // (t.num_workers * t.cpu_threads_per_worker)))
+    kind, per_trial = ("GPU", t.num_workers) if t.use_gpu else ("CPU", t.num_workers * t.cpu_threads_per_worker)
+    found = int(total.get(kind, 0))
+    concurrency = max(1, found // per_trial)
+    print(f"concurrency: {concurrency} trial(s) at once ({found} {kind}s in the cluster / {per_trial} per trial)",
+          flush=True)
+    return concurrency
 
 
 def make_scheduler(cfg: SweepConfig):

@@ -36,11 +36,14 @@ def test_local_config_is_a_small_cpu_sweep_on_generated_data():
     assert Path(cfg.search_space).exists()
 
 
-def test_stage2_config_is_the_full_model_on_two_gpus_with_gloo_fp32():
+def test_stage2_config_is_the_full_model_one_gpu_per_trial_two_images_per_step_fp32():
+    """One-GPU trials, two at once on a 2-GPU workstation (bench/trial_layouts.py favoured this layout), with
+    the same 2 images per optimizer step as two workers would take."""
     cfg = load_sweep_config("sweeps/configs/stage2.yaml")
     t = cfg.trial
     assert (t.preset, t.resolution, t.num_workers, t.use_gpu, t.backend, t.precision) == (
-        "full", 672, 2, True, "gloo", "fp32")
+        "full", 672, 1, True, "gloo", "fp32")
+    assert t.num_workers * t.batch_size * t.grad_accum_steps == 2 and cfg.max_concurrent_trials is None
     assert t.checkpoint and cfg.dataset.synthetic is None and cfg.ray.address == "auto"
     rungs = [cfg.scheduler.grace_period * cfg.scheduler.reduction_factor ** k for k in range(3)]
     rungs = [r for r in rungs if r < t.max_steps]
