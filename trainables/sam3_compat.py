@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 import sys
 import types
 from collections.abc import Callable
@@ -171,11 +172,9 @@ def provide_triton() -> bool:
     global TRITON_AVAILABLE
     if not TRITON_AVAILABLE or "sam3.model.edt" in sys.modules:
         return TRITON_AVAILABLE
-    try:
-        importlib.import_module("triton.language")
+    if _triton_installed():
         return True
-    except ImportError:
-        TRITON_AVAILABLE = False
+    TRITON_AVAILABLE = False
     from torch.utils._triton import has_triton_package
 
     has_triton_package()  # cached (False) before the stand-in exists
@@ -195,6 +194,16 @@ def provide_triton() -> bool:
             else:
                 sys.modules[name] = value
     return False
+
+
+def _triton_installed() -> bool:
+    """Whether ``import triton`` would find the package (without importing it: that takes a while)."""
+    if "triton" in sys.modules:
+        return sys.modules["triton"] is not None
+    try:
+        return importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 _ABSENT = object()
