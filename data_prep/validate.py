@@ -41,6 +41,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from common.errors import InputError, run_cli
+from common.typed_yaml import excerpt
 from data_prep import cass
 from data_prep.layout import DatasetPaths, image_file
 
@@ -206,17 +207,17 @@ def _check_categories(src: str, categories: list, report: ValidationReport) -> s
             continue
         if not _is_int(cid) or cid not in cass.BY_ID:
             report.errors.append(
-                f"{src}: category id {cid!r} ('{cat['name']}') field 'id' is not a CASS category; use ids "
+                f"{src}: category id {excerpt(cid)} ({excerpt(cat['name'])}) field 'id' is not a CASS category; use ids "
                 f"1-{cass.NUM_CATEGORIES} from data_prep.cass (convert with data_prep.create_coco_cass)")
             continue
         seen.add(cid)
         expected = cass.BY_ID[cid]
         if cat["name"] != expected.prompt:
             report.errors.append(
-                f"{src}: category id {cid} field 'name' is {cat['name']!r}, expected the CASS prompt "
+                f"{src}: category id {cid} field 'name' is {excerpt(cat['name'])}, expected the CASS prompt "
                 f"{expected.prompt!r} (sam3 uses 'name' as the text prompt)")
         if "short_name" in cat and cat["short_name"] != expected.short_name:
-            report.errors.append(f"{src}: category id {cid} field 'short_name' is {cat['short_name']!r}, "
+            report.errors.append(f"{src}: category id {cid} field 'short_name' is {excerpt(cat['short_name'])}, "
                                  f"expected {expected.short_name!r}")
     absent = sorted(set(cass.BY_ID) - seen)
     if absent:
@@ -241,14 +242,14 @@ def _check_images(src: str, images: list, images_dir: Path | None, check_files: 
             continue
         iid, w, h = img["id"], img["width"], img["height"]
         if not _is_int(iid):
-            report.errors.append(f"{src}: images[{i}] field 'id' must be an int, got {iid!r}")
+            report.errors.append(f"{src}: images[{i}] field 'id' must be an int, got {excerpt(iid)}")
             continue
         if iid in by_id:
             report.errors.append(f"{src}: image id {iid} field 'id' is duplicated; ids must be unique")
             continue
         if not (_is_int(w) and _is_int(h) and w > 0 and h > 0):
             report.errors.append(f"{src}: image id {iid} fields 'width'/'height' must be positive ints, "
-                                 f"got {w!r}/{h!r}")
+                                 f"got {excerpt(w)}/{excerpt(h)}")
             continue
         try:
             path = image_file(images_dir or Path("."), img["file_name"], follow_links=follow_links or not images_dir)
@@ -264,7 +265,7 @@ def _check_images(src: str, images: list, images_dir: Path | None, check_files: 
                 report.errors.append(f"{src}: image id {iid} field 'file_name': {problem}")
     for name, n in names.items():
         if n > 1:
-            report.errors.append(f"{src}: field 'file_name' {name!r} is used by {n} images; make it unique")
+            report.errors.append(f"{src}: field 'file_name' {excerpt(name)} is used by {n} images; make it unique")
     return by_id, refused - {str(iid) for iid in by_id}
 
 
@@ -273,13 +274,13 @@ def _check_annotation(src: str, ann: dict, img: dict, report: ValidationReport) 
     where = f"{src}: annotation id {ann['id']} (image id {ann['image_id']})"
     h, w = img["height"], img["width"]
     if not _is_number(ann["area"]) or ann["area"] <= 0:
-        report.errors.append(f"{where} field 'area' is {ann['area']!r}; it must be a finite number > 0 "
+        report.errors.append(f"{where} field 'area' is {excerpt(ann['area'])}; it must be a finite number > 0 "
                              "(drop empty instances)")
     if ann["iscrowd"] not in (0, 1):
-        report.errors.append(f"{where} field 'iscrowd' is {ann['iscrowd']!r}; use 0 (or 1 for crowd regions)")
+        report.errors.append(f"{where} field 'iscrowd' is {excerpt(ann['iscrowd'])}; use 0 (or 1 for crowd regions)")
     bbox = ann["bbox"]
     if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
-        report.errors.append(f"{where} field 'bbox' must be [x, y, width, height] numbers, got {bbox!r}")
+        report.errors.append(f"{where} field 'bbox' must be [x, y, width, height] numbers, got {excerpt(bbox)}")
         bbox = None
     elif bbox[2] <= 0 or bbox[3] <= 0:
         report.errors.append(f"{where} field 'bbox' {bbox} has zero width or height")
@@ -327,14 +328,14 @@ def _check_annotations(src: str, annotations: list, images: dict[int, dict], cat
             continue
         seen.add(ann["id"])
         if ann["category_id"] not in category_ids:
-            report.errors.append(f"{src}: {ident} field 'category_id' {ann['category_id']!r} is not a CASS "
+            report.errors.append(f"{src}: {ident} field 'category_id' {excerpt(ann['category_id'])} is not a CASS "
                                  f"category of this file (1-{cass.NUM_CATEGORIES})")
         else:
             present[ann["category_id"]] += 1
         if ann["image_id"] not in images:
             if str(ann["image_id"]) in refused_images:
                 continue
-            report.errors.append(f"{src}: {ident} field 'image_id' {ann['image_id']!r} names no valid image "
+            report.errors.append(f"{src}: {ident} field 'image_id' {excerpt(ann['image_id'])} names no valid image "
                                  "in 'images'")
             continue
         _check_annotation(src, ann, images[ann["image_id"]], report)
@@ -383,7 +384,7 @@ def _shared_patients(files: Sequence[Path]) -> list[str]:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
         for pid in sorted({img["patient_id"] for img in doc["images"] if img.get("patient_id") is not None}):
             owners[str(pid)].append(str(path))
-    return [f"patient_id {pid!r} has frames in {' and '.join(paths)}; split by patient so no patient "
+    return [f"patient_id {excerpt(pid)} has frames in {' and '.join(paths)}; split by patient so no patient "
             "is in two splits" for pid, paths in owners.items() if len(paths) > 1]
 
 
