@@ -5,7 +5,8 @@ machine with these files, so that a sweep that cannot work stops in seconds with
 ``sweeps.stage2.check_inputs``, ``--dry-run`` included) instead of after Ray has started and every trial
 has failed:
 
-- storage: the experiment folder (``storage_path``/``name``) and a separate Optuna journal can be written.
+- storage: the experiment folder (``storage_path``/``name``) and a separate Optuna journal can be written,
+  and the disk holds what the sweep's checkpoints can grow to (:func:`disk_budget`).
   A probe file is written, synced and removed in the nearest existing folder: permission bits prove
   nothing to root, so only a real write finds a read-only mount, a full disk or a path under a file.
   (A disk that fills up DURING the sweep is not foreseen here.)
@@ -24,7 +25,9 @@ checked again.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import InputError
@@ -46,8 +49,64 @@ DEEPEST_BELOW_EXPERIMENT = 110
 
 def problems(cfg: SweepConfig) -> list[str]:
     """Every reason this sweep cannot run here (empty when it can)."""
-    return [*storage_problems(cfg), *windows_path_problems(cfg), *gpu_problems(cfg), *checkpoint_problems(cfg),
-            *dataset_problems(cfg)]
+    return [*storage_problems(cfg), *disk_problems(cfg), *windows_path_problems(cfg), *gpu_problems(cfg),
+            *checkpoint_problems(cfg), *dataset_problems(cfg)]
+
+
+@dataclass(frozen=True)
+class DiskBudget:
+    """The most checkpoint bytes a sweep can hold at once, and how that figure is made."""
+
+    per_report: int  # one trial checkpoint (model + optimizer state)
+    kept: int  # checkpoints on disk at the peak
+    export: int  # the exported model
+    total: int
+
+    def describe(self, cfg: SweepConfig) -> str:
+        return (f"{self.total / 1e9:.1f} GB = {cfg.num_samples} trials x {cfg.checkpoint.num_to_keep} kept "
+                f"checkpoints (+ 1 being written per running trial) x {self.per_report / 1e9:.2f} GB "
+                f"+ the export {self.export / 1e9:.2f} GB")
+
+
+def disk_budget(cfg: SweepConfig) -> DiskBudget:
+    """Train keeps ``checkpoint.num_to_keep`` checkpoints of every trial, finished or stopped, and writes a new
+    one before it deletes an old one; the export copies one model."""
+    from trainables.checkpoints.trial import estimated_bytes
+    from trainables.model import PRESET_SIZES
+
+    t = cfg.trial
+    per_report = estimated_bytes(t.preset, freeze_text_encoder=t.freeze_text_encoder)
+    kept = cfg.num_samples * cfg.checkpoint.num_to_keep + min(cfg.num_samples, local_concurrency(cfg))
+    export = PRESET_SIZES[t.preset].native_bytes
+    return DiskBudget(per_report, kept, export, kept * per_report + export)
+
+
+def local_concurrency(cfg: SweepConfig) -> int:
+    """How many trials run at once: ``max_concurrent_trials``, else what this machine fits (a cluster's size is
+    not known before joining it: then this machine's is the guess)."""
+    if cfg.max_concurrent_trials:
+        return cfg.max_concurrent_trials
+    t = cfg.trial
+    if t.use_gpu:
+        return max(1, cuda_device_count() // t.num_workers)
+    return max(1, (os.cpu_count() or 1) // (t.num_workers * t.cpu_threads_per_worker))
+
+
+def disk_problems(cfg: SweepConfig) -> list[str]:
+    """A local storage whose free space is smaller than the sweep's checkpoints can grow to."""
+    if is_uri(cfg.storage_path):
+        return []
+    folder = nearest_existing(cfg.experiment_dir)
+    if not folder.is_dir():
+        return []  # reported by storage_problems
+    budget = disk_budget(cfg)
+    free = shutil.disk_usage(folder).free
+    if budget.total <= free:
+        return []
+    freeze = ("" if cfg.trial.freeze_text_encoder else
+              ", set trial.freeze_text_encoder: true (no optimizer state for the text encoder)")
+    return [f"storage_path: the sweep's checkpoints can reach {budget.describe(cfg)}, but {folder} has "
+            f"{free / 1e9:.1f} GB free; lower num_samples or checkpoint.num_to_keep{freeze}, or free space"]
 
 
 def deepest_path_length(cfg: SweepConfig) -> int:

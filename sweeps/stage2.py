@@ -146,6 +146,8 @@ def prepare_dataset(cfg: SweepConfig) -> None:
 
 def describe_plan(cfg: SweepConfig, spec: SearchSpec, *, resume: bool) -> str:
     """A human-readable plan of the sweep (what ``--dry-run`` prints)."""
+    from sweeps import preflight
+
     t = cfg.trial
     per_worker = f"{'1 GPU' if t.use_gpu else f'{t.cpu_threads_per_worker} CPU'}"
     concurrency = (f"at most {cfg.max_concurrent_trials} at once" if cfg.max_concurrent_trials
@@ -165,6 +167,7 @@ def describe_plan(cfg: SweepConfig, spec: SearchSpec, *, resume: bool) -> str:
         f"reduction {cfg.scheduler.reduction_factor}, max_t {t.max_steps}",
         f"  failures       : {cfg.failure.max_failures} restarts per trial; keep {cfg.checkpoint.num_to_keep} "
         f"checkpoints by {METRIC}",
+        f"  disk           : checkpoints up to {preflight.disk_budget(cfg).describe(cfg)}",
         f"  data           : {data}",
         f"  search space   : {spec.source}",
         *[f"    {name}: {type(domain.get_sampler()).__name__.lstrip('_')} {domain.domain_str}"

@@ -13,7 +13,8 @@ import torch
 from sam3.model.sam3_image import Sam3Image
 
 from common.errors import InputError
-from trainables.model import bpe_path, build_model, freeze_text_encoder, param_groups
+from trainables.checkpoints.native import native_state_dict
+from trainables.model import PRESET_SIZES, bpe_path, build_model, freeze_text_encoder, param_groups
 from trainables.resolution import current_resolution
 
 PROMPTS = ("proximal rca", "mid lad", "distal lcx")
@@ -217,5 +218,17 @@ def test_full_preset_is_exactly_sam3s_builder_and_has_no_non_finite_tensor():
     model = build_model("full", seed=0)
     assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == reference
     assert sum(p.numel() for p in model.parameters()) == reference_count == 840_509_750
+    size = PRESET_SIZES["full"]
+    assert size.parameters == reference_count
+    assert size.text_encoder == sum(p.numel() for p in model.backbone.language_backbone.parameters())
+    assert size.native_bytes == sum(v.numel() * v.element_size() for v in native_state_dict(model).values())
     assert current_resolution(model) == 1008 and model.training and model.matcher is not None
     assert_only_causal_mask_is_not_finite(model)
+
+
+def test_the_tiny_presets_recorded_size_is_the_built_models():
+    tiny = build_model("tiny", seed=0)
+    size = PRESET_SIZES["tiny"]
+    assert size.parameters == sum(p.numel() for p in tiny.parameters())
+    assert size.text_encoder == sum(p.numel() for p in tiny.backbone.language_backbone.parameters())
+    assert size.native_bytes == sum(v.numel() * v.element_size() for v in native_state_dict(tiny).values())

@@ -169,3 +169,30 @@ def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "sweep test-sweep (new)" in out and "ASHA           : val_dice max on 'step'" in out
     assert not (tmp_path / "out").exists()
+
+
+def test_a_disk_too_small_for_the_sweeps_checkpoints_is_refused_with_the_figure_and_what_shrinks_it(
+        tmp_path, monkeypatch):
+    """Stage 2's shipped sweep keeps 2 checkpoints of each of 48 trials, each the full model plus AdamW state."""
+    import shutil
+    from collections import namedtuple
+
+    from sweeps import preflight
+    from sweeps.config import load_sweep_config
+
+    cfg = load_sweep_config("sweeps/configs/stage2.yaml")
+    cfg.storage_path = str(tmp_path)
+    budget = preflight.disk_budget(cfg)
+    from trainables.model import PRESET_SIZES
+
+    full = PRESET_SIZES["full"]
+    trained = full.parameters - full.text_encoder
+    assert budget.per_report == pytest.approx(full.native_bytes + 8 * trained, rel=0.03)
+    assert budget.kept >= 48 * 2 and budget.total > 700e9
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**13, 0, int(budget.total) - 1))
+    (problem,) = preflight.disk_problems(cfg)
+    assert "48 trials x 2 kept checkpoints" in problem and "lower num_samples or checkpoint.num_to_keep" in problem
+    assert "freeze_text_encoder" not in problem  # already frozen in stage2.yaml
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**13, 0, int(budget.total)))
+    assert preflight.disk_problems(cfg) == []

@@ -127,3 +127,15 @@ def test_resuming_a_finished_run_reports_its_final_checkpoint_again_without_trai
     run_trial(cfg, resume_from=finished.checkpoints[-1], report=again)
     assert again.reports == finished.reports
     assert (again.checkpoints[0] / MODEL_FILE).read_bytes() == (finished.checkpoints[-1] / MODEL_FILE).read_bytes()
+
+
+def test_a_checkpoints_size_on_disk_is_what_the_disk_budget_estimates(synthetic_dataset, tmp_path):
+    from trainables.checkpoints.trial import estimated_bytes
+
+    for freeze in (False, True):
+        recorder = Recorder(tmp_path / str(freeze))
+        run_trial(trial_config(synthetic_dataset, max_steps=1, val_every=1, val_max_images=1,
+                               freeze_text_encoder=freeze), report=recorder)
+        (checkpoint,) = recorder.checkpoints
+        written = sum(p.stat().st_size for p in checkpoint.iterdir())
+        assert written == pytest.approx(estimated_bytes("tiny", freeze_text_encoder=freeze), rel=0.05), freeze

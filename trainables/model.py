@@ -21,6 +21,7 @@ Models are built at their native resolution, then converted with
 from __future__ import annotations
 
 import importlib.resources
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,6 +33,20 @@ from trainables.resolution import mark_native_resolution, set_resolution
 
 PRESETS = ("full", "tiny")
 NATIVE_RESOLUTION = {"full": 1008, "tiny": 224}
+
+
+@dataclass(frozen=True)
+class PresetSize:
+    """How big a preset is, without building it (the full model takes a minute and 3.4 GB to build)."""
+
+    parameters: int  # every parameter
+    text_encoder: int  # the language backbone's parameters (what freeze_text_encoder freezes)
+    native_bytes: int  # the tensor bytes of its native checkpoint (parameters, RoPE tables, buffers)
+
+
+#: Counted on the built models; tests/test_model.py checks each against a fresh build.
+PRESET_SIZES = {"full": PresetSize(840_509_750, 353_724_672, 3_371_476_184),
+                "tiny": PresetSize(4_308_190, 3_300_160, 17_314_680)}
 
 # state_dict prefixes of the three learning-rate groups (SAM3 fine-tunes each at its own rate)
 VISION_PREFIX = "backbone.vision_backbone."

@@ -24,6 +24,10 @@ from torch import nn
 
 from trainables.checkpoints.files import safe_torch_load
 from trainables.checkpoints.native import load_native, save_native
+from trainables.model import PRESET_SIZES
+
+#: What the file format adds to the tensors' bytes (zip records, pickled structure, AdamW's step counters).
+FORMAT_OVERHEAD = 1.02
 
 MODEL_FILE = "model.pt"
 STATE_FILE = "trainer_state.pt"
@@ -38,6 +42,14 @@ class TrainerState:
     optimizer: dict[str, Any]
     scheduler: dict[str, Any]
     rng: dict[str, Any]
+
+
+def estimated_bytes(preset: str, *, freeze_text_encoder: bool) -> int:
+    """The disk bytes of one trial checkpoint of ``preset``: the native model in fp32 plus AdamW's two fp32
+    moments for every trained parameter (checked against a written checkpoint in tests/test_trial.py)."""
+    size = PRESET_SIZES[preset]
+    trained = size.parameters - (size.text_encoder if freeze_text_encoder else 0)
+    return int(FORMAT_OVERHEAD * (size.native_bytes + 8 * trained))
 
 
 def capture_rng() -> dict[str, Any]:
