@@ -190,3 +190,25 @@ def test_set_resolution_after_load_keeps_the_loaded_weights(source, tmp_path):
     load_native(target, path)
     set_resolution(target, 336)
     assert_same_weights(source, target)
+
+
+def test_a_mapped_load_gives_the_copied_loads_model_and_never_writes_the_file(tmp_path):
+    """load_native(map_file=True), a worker's start: the same tensors and parameters as a copied load, and the
+    optimizer's in-place updates land in the process (copy-on-write), not in the checkpoint file."""
+    path = tmp_path / "native.pt"
+    save_native(build_model("tiny", seed=3), path)
+    before = path.read_bytes()
+    copied, mapped = build_model("tiny", seed=0), build_model("tiny", seed=0)
+    load_native(copied, path)
+    load_native(mapped, path, map_file=True)
+    assert [(n, p.requires_grad, p.shape) for n, p in copied.named_parameters()] == \
+        [(n, p.requires_grad, p.shape) for n, p in mapped.named_parameters()]
+    assert all(isinstance(p, torch.nn.Parameter) for p in mapped.parameters())
+    for (name, a), b in zip(copied.state_dict().items(), mapped.state_dict().values()):
+        assert torch.equal(a, b), name
+    with torch.no_grad():
+        for p in mapped.parameters():
+            p.add_(1.0)
+    assert path.read_bytes() == before
+    load_native(copied, path)  # the file still holds the saved weights
+    assert not torch.equal(next(copied.parameters()), next(mapped.parameters()))

@@ -178,7 +178,7 @@ def run_trial(cfg: TrialConfig, *, rank: int = 0, world_size: int = 1, device: t
     if resume_from is not None:
         load_model_weights(resume_from, model)
     elif cfg.checkpoint:
-        load_native(model, Path(cfg.checkpoint))
+        load_native(model, Path(cfg.checkpoint), map_file=True)  # the start: mapped, not copied (host memory)
     model = prepare_for_ddp(model).to(device)
     configure_model(model, cfg)
     optimizer = build_optimizer(model, cfg)

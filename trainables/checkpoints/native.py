@@ -135,23 +135,30 @@ def strip_native_prefix(state: Mapping[str, torch.Tensor], source: str) -> dict[
     return {k[len(PREFIX):]: v for k, v in state.items()}
 
 
-def load_native(model: nn.Module, path: str | os.PathLike, *, allow_missing: Sequence[str] = ()) -> LoadReport:
+def load_native(model: nn.Module, path: str | os.PathLike, *, allow_missing: Sequence[str] = (),
+                map_file: bool = False) -> LoadReport:
     """Load a native-format file into ``model`` strictly, at whatever resolution the model is set to.
 
     Refuses (with :class:`InputError`, counted by submodule) missing tensors (unless a key matches one of
     the fnmatch patterns in ``allow_missing``), unexpected tensors, wrong shapes, and RoPE tables that
     differ from sam3's table at the native grid. Nothing is loaded when anything is refused.
+
+    ``map_file`` (a model on the CPU): the model's tensors become the file's, memory-mapped copy-on-write,
+    instead of copies of them, so a worker never holds the built model and the whole file at once
+    (``bench/host_memory.py``). The file stays open while the model lives: use it for a file nothing deletes
+    meanwhile (the starting checkpoint, not a Train checkpoint that ``num_to_keep`` may remove).
     """
-    state = strip_native_prefix(safe_torch_load(path), str(path))
+    target = _unwrap(model)
+    assign = map_file and all(t.device.type == "cpu" for t in target.state_dict().values())
+    state = strip_native_prefix(safe_torch_load(path, mmap=assign), str(path))
     report = compare_state(model, state, allow_missing=allow_missing)
     if not report.ok:
         raise InputError(f"{path}: does not match the model", report.problems())
-    target = _unwrap(model)
     tables = native_rope_tables(target)
     wrong_rope = [k for k, table in tables.items() if not torch.allclose(state[k], table, atol=1e-5)]
     if wrong_rope:
         raise InputError(f"{path}: RoPE tables differ from sam3's own at the native grid (a plain RoPE formula "
                          f"without sam3's interpolation?)", wrong_rope)
     weights = {k: v for k, v in state.items() if k not in tables}
-    target.load_state_dict(weights, strict=False)
+    target.load_state_dict(weights, strict=False, assign=assign)
     return report
