@@ -85,9 +85,11 @@ def best_report(history: pd.DataFrame | None, metric: str = METRIC) -> pd.Series
 def best_checkpoint(history: pd.DataFrame | None, metric: str = METRIC) -> str | None:
     """The ``checkpoint_path`` of :func:`best_report` (None when no report saved one)."""
     row = best_report(history, metric)
-    if row is None or CHECKPOINT_COLUMN not in row or pd.isna(row[CHECKPOINT_COLUMN]):
-        return None
-    return str(row[CHECKPOINT_COLUMN])
+    return str(row[CHECKPOINT_COLUMN]) if _saved_checkpoint(row) else None
+
+
+def _saved_checkpoint(row: pd.Series | None) -> bool:
+    return row is not None and CHECKPOINT_COLUMN in row and not pd.isna(row[CHECKPOINT_COLUMN])
 
 
 def checkpoint_report(trial_id: str, row: pd.Series) -> CheckpointReport:
@@ -102,9 +104,10 @@ def best_of(histories: Mapping[str, pd.DataFrame | None], metric: str = METRIC) 
     highest of them (the first trial on ties). ``histories``: trial id -> its reports."""
     best = None
     for trial_id, history in histories.items():
-        if best_checkpoint(history, metric) is None:
+        row = best_report(history, metric)
+        if not _saved_checkpoint(row):
             continue
-        report = checkpoint_report(trial_id, best_report(history, metric))
+        report = checkpoint_report(trial_id, row)
         if best is None or report.metrics[metric] > best.metrics[metric]:
             best = report
     return best

@@ -123,16 +123,24 @@ def surgery(src: Path, dst: Path, *, preset: str = "full", allow_missing: Sequen
 
 def is_tensor_file(path: Path) -> bool:
     """Whether ``path`` is a torch file holding a flat dict of tensors (what this command writes)."""
-    try:
-        state = safe_torch_load(path, mmap=True)
-    except InputError:
-        return False
-    return isinstance(state, Mapping) and bool(state) and all(isinstance(v, torch.Tensor) for v in state.values())
+    return _tensor_keys(path) is not None
 
 
 def is_native_checkpoint(path: Path) -> bool:
     """Whether ``path`` is a native-format checkpoint: a flat tensor dict whose keys all carry the prefix."""
-    return is_tensor_file(path) and all(k.startswith(PREFIX) for k in safe_torch_load(path, mmap=True))
+    keys = _tensor_keys(path)
+    return keys is not None and all(k.startswith(PREFIX) for k in keys)
+
+
+def _tensor_keys(path: Path) -> list[str] | None:
+    """The keys of the flat, non-empty dict of tensors in ``path`` (read mapped, not loaded), or None."""
+    try:
+        state = safe_torch_load(path, mmap=True)
+    except InputError:
+        return None
+    if not isinstance(state, Mapping) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        return None
+    return [str(k) for k in state]
 
 
 def check_output_folder(dst: Path) -> None:
