@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,15 +82,25 @@ def disk_budget(cfg: SweepConfig) -> DiskBudget:
     return DiskBudget(per_report, kept, export, kept * per_report + export)
 
 
+def trial_needs(cfg: SweepConfig) -> tuple[str, int]:
+    """The resource a trial is sized by and how much of it one trial takes: its GPUs, else its CPUs."""
+    t = cfg.trial
+    return ("GPU", t.num_workers) if t.use_gpu else ("CPU", t.num_workers * t.cpu_threads_per_worker)
+
+
+def trials_that_fit(cfg: SweepConfig, resources: Mapping[str, float]) -> int:
+    """How many trials ``resources`` (``{"GPU": n, "CPU": m}``) run at once (at least 1)."""
+    kind, per_trial = trial_needs(cfg)
+    return max(1, int(resources.get(kind, 0)) // per_trial)
+
+
 def local_concurrency(cfg: SweepConfig) -> int:
     """How many trials run at once: ``max_concurrent_trials``, else what this machine fits (a cluster's size is
     not known before joining it: then this machine's is the guess)."""
     if cfg.max_concurrent_trials:
         return cfg.max_concurrent_trials
-    t = cfg.trial
-    if t.use_gpu:
-        return max(1, cuda_device_count() // t.num_workers)
-    return max(1, (os.cpu_count() or 1) // (t.num_workers * t.cpu_threads_per_worker))
+    return trials_that_fit(cfg, {"GPU": cuda_device_count() if cfg.trial.use_gpu else 0,
+                                 "CPU": os.cpu_count() or 1})
 
 
 def disk_problems(cfg: SweepConfig) -> list[str]:

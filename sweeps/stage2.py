@@ -243,13 +243,13 @@ def max_concurrent_trials(cfg: SweepConfig) -> int:
         return cfg.max_concurrent_trials
     import ray
 
-    t = cfg.trial
+    from sweeps.preflight import trial_needs, trials_that_fit
+
     total = ray.cluster_resources()
-    kind, per_trial = ("GPU", t.num_workers) if t.use_gpu else ("CPU", t.num_workers * t.cpu_threads_per_worker)
-    found = int(total.get(kind, 0))
-    concurrency = max(1, found // per_trial)
-    print(f"concurrency: {concurrency} trial(s) at once ({found} {kind}s in the cluster / {per_trial} per trial)",
-          flush=True)
+    kind, per_trial = trial_needs(cfg)
+    concurrency = trials_that_fit(cfg, total)
+    print(f"concurrency: {concurrency} trial(s) at once ({int(total.get(kind, 0))} {kind}s in the cluster / "
+          f"{per_trial} per trial)", flush=True)
     return concurrency
 
 
