@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePath
 
+import pyarrow.fs
+
 
 def is_uri(path: str) -> bool:
     """Whether ``path`` is a pyarrow filesystem URI (``s3://...``) rather than a local path."""
@@ -22,6 +24,14 @@ def join(base: str, *parts: str, flavour: type[PurePath] = Path) -> str:
     if is_uri(base):
         return "/".join([base.rstrip("/"), *parts])
     return str(flavour(base).joinpath(*parts))
+
+
+def open_location(location: str) -> tuple[pyarrow.fs.FileSystem, str]:
+    """The pyarrow filesystem that holds ``location`` and its path there (a local path absolute, with ``/``
+    separators on every OS, as pyarrow expects)."""
+    if is_uri(location):
+        return pyarrow.fs.FileSystem.from_uri(location)
+    return pyarrow.fs.LocalFileSystem(), Path(location).absolute().as_posix()
 
 
 def last_part(location: str, flavour: type[PurePath] = Path) -> str:

@@ -58,28 +58,36 @@ def problems(cfg: SweepConfig) -> list[str]:
 class DiskBudget:
     """The most checkpoint bytes a sweep can hold at once, and how that figure is made."""
 
-    per_report: int  # one trial checkpoint (model + optimizer state)
-    kept: int  # checkpoints on disk at the peak
+    models: int  # model files on disk at the peak
+    model_bytes: int  # one trial checkpoint's model
+    states: int  # trainer-state files on disk at the peak
+    state_bytes: int  # one trial checkpoint's optimizer state
     export: int  # the exported model
-    total: int
+
+    @property
+    def total(self) -> int:
+        return self.models * self.model_bytes + self.states * self.state_bytes + self.export
 
     def describe(self, cfg: SweepConfig) -> str:
-        return (f"{self.total / 1e9:.1f} GB = {cfg.num_samples} trials x {cfg.checkpoint.num_to_keep} kept "
-                f"checkpoints (+ 1 being written per running trial) x {self.per_report / 1e9:.2f} GB "
-                f"+ the export {self.export / 1e9:.2f} GB")
+        return (f"{self.total / 1e9:.1f} GB = {self.models} models x {self.model_bytes / 1e9:.2f} GB "
+                f"({cfg.num_samples} trials x {cfg.checkpoint.num_to_keep} kept checkpoints, + 1 being written "
+                f"per running trial) + {self.states} optimizer states x {self.state_bytes / 1e9:.2f} GB (2 per "
+                f"running trial: its newest checkpoint's and the one being written) + the export "
+                f"{self.export / 1e9:.2f} GB")
 
 
 def disk_budget(cfg: SweepConfig) -> DiskBudget:
     """Train keeps ``checkpoint.num_to_keep`` checkpoints of every trial, finished or stopped, and writes a new
-    one before it deletes an old one; the export copies one model."""
+    one before it deletes an old one; only a running trial's newest checkpoint keeps the optimizer state
+    (:mod:`sweeps.optimizer_state`); the export copies one model."""
     from trainables.checkpoints.trial import estimated_bytes
     from trainables.model import PRESET_SIZES
 
     t = cfg.trial
-    per_report = estimated_bytes(t.preset, freeze_text_encoder=t.freeze_text_encoder)
-    kept = cfg.num_samples * cfg.checkpoint.num_to_keep + min(cfg.num_samples, local_concurrency(cfg))
-    export = PRESET_SIZES[t.preset].native_bytes
-    return DiskBudget(per_report, kept, export, kept * per_report + export)
+    one = estimated_bytes(t.preset, freeze_text_encoder=t.freeze_text_encoder)
+    running = min(cfg.num_samples, local_concurrency(cfg))
+    return DiskBudget(models=cfg.num_samples * cfg.checkpoint.num_to_keep + running, model_bytes=one.model,
+                      states=2 * running, state_bytes=one.trainer_state, export=PRESET_SIZES[t.preset].native_bytes)
 
 
 def trial_needs(cfg: SweepConfig) -> tuple[str, int]:

@@ -38,7 +38,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
 from common.errors import InputError
-from common.paths import is_uri, last_part
+from common.paths import is_uri, last_part, open_location
 from common.typed_yaml import excerpt
 from sweeps.config import METRIC, SECOND_OBJECTIVE, TIME_ATTR, default_journal
 from sweeps.optuna_search import RAY_TRIAL_ID_ATTR
@@ -219,10 +219,7 @@ def load_study(journal: Path, study_name: str | None, fallback_name: str, notes:
 
 def experiment_filesystem(experiment: str) -> tuple[pyarrow.fs.FileSystem, str]:
     """The experiment folder's filesystem and its path there; refuses a folder that does not exist."""
-    if is_uri(experiment):
-        fs, path = pyarrow.fs.FileSystem.from_uri(experiment)
-    else:
-        fs, path = pyarrow.fs.LocalFileSystem(), Path(experiment).absolute().as_posix()  # pyarrow: "/" on every OS
+    fs, path = open_location(experiment)
     if fs.get_file_info(path).type != pyarrow.fs.FileType.Directory:
         raise InputError(f"{experiment}: experiment folder not found (expected <storage_path>/<sweep name>)")
     return fs, path

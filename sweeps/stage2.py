@@ -29,7 +29,7 @@ from common.errors import InputError, run_cli  # noqa: E402
 from common.outputs import check_apart  # noqa: E402
 from common.paths import is_uri  # noqa: E402
 from search_spaces import SearchSpec, load_search_spec  # noqa: E402
-from sweeps import ray_compat, trial_retries, wandb_summary  # noqa: E402
+from sweeps import optimizer_state, ray_compat, trial_retries, wandb_summary  # noqa: E402
 from sweeps.config import (  # noqa: E402
     METRIC,
     SECOND_OBJECTIVE,
@@ -201,7 +201,7 @@ def make_trial_function(cfg: SweepConfig, train_loop: TrainLoop) -> Callable[[di
 
     def sam3_trial(config: dict) -> None:
         trial = base.replace(**config)
-        run_name = f"{cfg.name}-{tune.get_context().get_trial_id()}"
+        run_name = optimizer_state.train_run_name(cfg.name, tune.get_context().get_trial_id())
         gave_up = trial_retries.GiveUpMarker(train_storage, run_name, session)
         gave_up.raise_if_recorded()  # Tune re-running a trial whose Train run used up its restarts
         trainer = TorchTrainer(
@@ -285,7 +285,7 @@ def run_sweep(cfg: SweepConfig, spec: SearchSpec, *, resume: bool = False,
     if resume:
         tuner = tune.Tuner.restore(cfg.experiment_dir, trainable, resume_errored=True)
     else:
-        callbacks = wandb_summary.trial_callbacks(cfg)
+        callbacks = [*wandb_summary.trial_callbacks(cfg), optimizer_state.DropStateOfEndedTrials(cfg)]
         tuner = tune.Tuner(
             trainable,
             param_space=spec.params,

@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import pyarrow.fs
 
-from common.paths import is_uri
+from common.paths import open_location
 
 
 class TrainRunGaveUp(RuntimeError):
@@ -45,10 +44,7 @@ class GiveUpMarker:
     session: str
 
     def _location(self) -> tuple[pyarrow.fs.FileSystem, str]:
-        if is_uri(self.storage):
-            fs, root = pyarrow.fs.FileSystem.from_uri(self.storage)
-        else:
-            fs, root = pyarrow.fs.LocalFileSystem(), Path(self.storage).resolve().as_posix()  # pyarrow's separators
+        fs, root = open_location(self.storage)
         return fs, f"{root}/{self.run_name}.gave-up-{self.session}"
 
     def record(self, error: BaseException) -> None:

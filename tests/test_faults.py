@@ -103,18 +103,19 @@ def killing_train_loop(config: dict) -> None:
     fault = config["fault"]
     rank = ray.train.get_context().get_world_rank()
     log_event(fault["log"], event="start", rank=rank, resumed_from=checkpoint_step(ray.train.get_checkpoint()))
-    report_to_ray = real.report_to_ray
 
-    def report_then_die_once(metrics: dict, checkpoint_dir) -> None:
-        report_to_ray(metrics, checkpoint_dir)
-        log_event(fault["log"], event="report", rank=rank, step=metrics["step"], checkpoint=checkpoint_dir is not None)
-        if rank == 1 and not os.path.exists(fault["marker"]):
-            Path(fault["marker"]).write_text(str(os.getpid()))
-            time.sleep(4 * HEALTH_CHECK_S)  # a report made < 1 health check before a death can be lost
-            log_event(fault["log"], event="kill", rank=rank)
-            os.kill(os.getpid(), signal.SIGKILL)
+    class ReportThenDieOnce(real.RayReporter):
+        def __call__(self, metrics: dict, checkpoint_dir) -> None:
+            super().__call__(metrics, checkpoint_dir)
+            log_event(fault["log"], event="report", rank=rank, step=metrics["step"],
+                      checkpoint=checkpoint_dir is not None)
+            if rank == 1 and not os.path.exists(fault["marker"]):
+                Path(fault["marker"]).write_text(str(os.getpid()))
+                time.sleep(4 * HEALTH_CHECK_S)  # a report made < 1 health check before a death can be lost
+                log_event(fault["log"], event="kill", rank=rank)
+                os.kill(os.getpid(), signal.SIGKILL)
 
-    with mock.patch.object(real, "report_to_ray", report_then_die_once):
+    with mock.patch.object(real, "RayReporter", ReportThenDieOnce):
         real.train_loop_per_worker(config)
 
 

@@ -2,7 +2,8 @@
 
 The loop itself is :func:`trainables.trial.run_trial`; this adapter only reads the worker's rank and
 device from Ray Train, resumes from ``ray.train.get_checkpoint()`` and reports through
-``ray.train.report`` (a barrier every worker calls; rank 0 attaches the checkpoint).
+``ray.train.report`` (a barrier every worker calls; rank 0 attaches the checkpoint), keeping the optimizer
+state in the newest checkpoint only (:class:`RayReporter`).
 """
 
 from __future__ import annotations
@@ -13,14 +14,28 @@ from typing import Any
 import ray.train
 import ray.train.torch
 
+from trainables.checkpoints.trial import drop_trainer_state
 from trainables.config import TrialConfig
 from trainables.trial import run_trial
 
 
-def report_to_ray(metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
-    """Forward one report to Ray Train, wrapping a checkpoint directory when there is one."""
-    checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-    ray.train.report(metrics, checkpoint=checkpoint)
+class RayReporter:
+    """Forward reports to Ray Train (rank 0 attaches the checkpoint directory it wrote) and, once a new
+    checkpoint is persisted, remove the trainer state from the one before: only the newest checkpoint of a
+    running trial needs it (a resume starts there), and it is the larger part of a checkpoint."""
+
+    def __init__(self) -> None:
+        self.previous = ray.train.get_checkpoint()  # the one this run resumes from, if any
+
+    def __call__(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+        if checkpoint_dir is None:
+            return
+        persisted = ray.train.get_checkpoint()  # what Train made of ``checkpoint`` in the storage
+        if self.previous is not None and persisted is not None and self.previous.path != persisted.path:
+            drop_trainer_state(self.previous.filesystem, self.previous.path)
+        self.previous = persisted
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -28,10 +43,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg = TrialConfig.from_dict(config["trial"], source="train_loop_config['trial']")
     context = ray.train.get_context()
     checkpoint = ray.train.get_checkpoint()
+    report = RayReporter()
     if checkpoint is None:
         run_trial(cfg, rank=context.get_world_rank(), world_size=context.get_world_size(),
-                  device=ray.train.torch.get_device(), report=report_to_ray)
+                  device=ray.train.torch.get_device(), report=report)
         return
     with checkpoint.as_directory() as resume_dir:
         run_trial(cfg, rank=context.get_world_rank(), world_size=context.get_world_size(),
-                  device=ray.train.torch.get_device(), resume_from=Path(resume_dir), report=report_to_ray)
+                  device=ray.train.torch.get_device(), resume_from=Path(resume_dir), report=report)

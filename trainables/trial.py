@@ -5,7 +5,7 @@ the benchmarks run in a bare process. The order of events is fixed by SAM3's res
 
 build model (native grid) -> load weights (resume checkpoint, else the surgered Phase 1 file) ->
 set_resolution -> DDP -> optimizer/scheduler (restored on resume) -> train -> validate every
-``val_every`` steps -> report metrics with a resumable checkpoint.
+``val_every`` steps -> report metrics with a checkpoint (resumable, except the final one).
 
 A non-finite loss on any rank stops the trial on every rank with ``diverged=True`` and no checkpoint,
 so the last good checkpoint stays the trial's latest.
@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import random
 import tempfile
 import time
@@ -173,12 +174,20 @@ def run_trial(cfg: TrialConfig, *, rank: int = 0, world_size: int = 1, device: t
     configure_precision(cfg.precision)
     seed_everything(cfg.seed + rank)
 
-    # 1. The model: build -> load -> set resolution -> DDP (freqs_cis in a checkpoint is at the native grid)
+    if resume_from is not None and load_saved_metrics(resume_from)["step"] >= cfg.max_steps:
+        # A finished run resumed: its driver died after the last report but before Tune's snapshot
+        # recorded the trial as done. Report the final checkpoint's metrics again (no step is left).
+        report(load_saved_metrics(resume_from), resume_from if rank == 0 else None)
+        return
+
+    # 1. The model: build -> load -> set resolution -> DDP (freqs_cis in a checkpoint is at the native grid).
+    # The weights are mapped, not copied (host memory, bench/host_memory.py). A resumed trial copies them on
+    # Windows, where Train could not delete a checkpoint folder whose file is mapped.
     model = build_model(cfg.preset, device="cpu", seed=cfg.seed)
     if resume_from is not None:
-        load_model_weights(resume_from, model)
+        load_model_weights(resume_from, model, map_file=os.name != "nt")
     elif cfg.checkpoint:
-        load_native(model, Path(cfg.checkpoint), map_file=True)  # the start: mapped, not copied (host memory)
+        load_native(model, Path(cfg.checkpoint), map_file=True)
     model = prepare_for_ddp(model).to(device)
     configure_model(model, cfg)
     optimizer = build_optimizer(model, cfg)
@@ -190,11 +199,6 @@ def run_trial(cfg: TrialConfig, *, rank: int = 0, world_size: int = 1, device: t
         scheduler.load_state_dict(state.scheduler)
         step = state.step
         log.info("resumed at step %d (lr %s)", step, scheduler.get_last_lr())
-        if step >= cfg.max_steps:
-            # A finished run resumed: its driver died after the last report but before Tune's snapshot
-            # recorded the trial as done. Report the final checkpoint's metrics again (no step is left).
-            report(load_saved_metrics(resume_from), resume_from if rank == 0 else None)
-            return
     train_model = model
     if world_size > 1:
         train_model = wrap_ddp(model)
@@ -239,7 +243,7 @@ def run_trial(cfg: TrialConfig, *, rank: int = 0, world_size: int = 1, device: t
                 checkpoint = None
                 if rank == 0:
                     checkpoint = save_trial_checkpoint(Path(tmp), model, optimizer, scheduler, step,
-                                                       metrics, cfg.to_dict())
+                                                       metrics, cfg.to_dict(), resumable=step < cfg.max_steps)
                 report(metrics, checkpoint)
             window.clear()
             window_parts.clear()
