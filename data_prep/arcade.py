@@ -1,17 +1,21 @@
 """Import the public ARCADE "syntax" dataset (MICCAI 2023) as a COCO CASS dataset.
 
-ARCADE layout: ``ROOT/syntax/{train,val}/images/*.png`` and
-``ROOT/syntax/{train,val}/annotations/{train,val}.json`` with SYNTAX segment classes ("1".."16c",
+ARCADE layout: ``ROOT/syntax/{train,val,test}/images/*.png`` and
+``ROOT/syntax/{train,val,test}/annotations/{train,val,test}.json`` with SYNTAX segment classes ("1".."16c",
 plus e.g. a catheter class). :data:`SYNTAX_TO_CASS` maps 13 of them to CASS categories; every other
 class is dropped and counted in the printed summary (CASS ``obtuse_marginal_3`` has no ARCADE source,
-so it never occurs). The test split, if present, is left out (this project's layout has train/val).
+so it never occurs). Each ARCADE split becomes the dataset's split of the same name: ``test``, when ARCADE's
+folder holds it, becomes the held-out ``annotations/test.json`` that a sweep never reads.
 
 Images are hard-linked into ``OUT/images/<split>/`` (copied where the file system cannot link), so the
 dataset reads nothing from outside its folder and ARCADE's files are never written; each ``file_name`` is
-``<split>/<ARCADE file name>`` (ARCADE reuses names such as ``1.png`` across splits). An ARCADE
+``<split>/<ARCADE file name>`` (ARCADE reuses names such as ``1.png`` across splits). ARCADE's images are 8-bit
+PNGs, which sam3 reads faithfully; an image of any other depth (a 16-bit PNG, a TIFF) is written instead as an
+8-bit ``<split>/<stem>.png`` through :mod:`data_prep.images`. Every image entry records its ``windowing``. An ARCADE
 ``file_name`` that would leave ARCADE's image folder is refused. Polygons are kept (clipped to the image, those with < 3 points dropped); bbox and
 area are recomputed from them with pycocotools. The result is validated before it is moved into place.
-ARCADE gives no patient ids, so images carry none.
+ARCADE gives no patient ids, so images carry none (ARCADE's own split is kept as it is; the validator cannot
+check it for patients shared between splits).
 """
 
 from __future__ import annotations
@@ -32,25 +36,12 @@ from common.errors import InputError, run_cli
 from common.outputs import check_apart, check_replaceable, staged_folder
 from data_prep import cass
 from data_prep.coco_io import coco_document, instance_table, write_json_atomic
-from data_prep.layout import SPLITS, DatasetPaths, image_file
+from data_prep.images import kept_as_is, read_image, write_png
+from data_prep.layout import SWEEP_SPLITS, DatasetPaths, image_file
 from data_prep.validate import validate_dataset
 
-# ARCADE SYNTAX class name -> CASS short name. Classes not listed are dropped.
-SYNTAX_TO_CASS: dict[str, str] = {
-    "1": "proximal_rca",
-    "2": "mid_rca",
-    "3": "distal_rca",
-    "4": "pda",
-    "5": "left_main",
-    "6": "proximal_lad",
-    "7": "mid_lad",
-    "8": "distal_lad",
-    "11": "proximal_lcx",
-    "13": "distal_lcx",
-    "12": "ramus",
-    "12a": "obtuse_marginal_1",
-    "12b": "obtuse_marginal_2",
-}
+# ARCADE SYNTAX class name -> CASS short name (its one home is data_prep.cass). Classes not listed are dropped.
+SYNTAX_TO_CASS = cass.SYNTAX_TO_CASS
 
 
 def _load_arcade_split(root: Path, split: str) -> tuple[dict, Path]:
@@ -60,7 +51,8 @@ def _load_arcade_split(root: Path, split: str) -> tuple[dict, Path]:
     missing = [str(p) for p in (ann_path, images_dir) if not p.exists()]
     if missing:
         raise InputError(f"--arcade-root {root} is not in ARCADE's syntax layout: missing {missing} "
-                         "(expected syntax/{train,val}/{images/, annotations/<split>.json})")
+                         "(expected syntax/<split>/{images/, annotations/<split>.json} for train, val and, when "
+                         "syntax/test exists, test)")
     try:
         doc = json.loads(ann_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
@@ -98,6 +90,20 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
+def _import_image(source: Path, images_dir: Path, split: str, file_name: str) -> tuple[str, dict]:
+    """Bring one ARCADE image into the dataset's ``images_dir``: linked or copied when sam3 reads it faithfully as
+    it is, else written as an 8-bit PNG; return its dataset ``file_name`` and its windowing record."""
+    image = read_image(source)
+    if kept_as_is(image.windowing):
+        name = f"{split}/{file_name}"
+        _link_or_copy(source, images_dir / name)
+    else:
+        name = f"{split}/{Path(file_name).with_suffix('.png').as_posix()}"
+        (images_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        write_png(image, images_dir / name)
+    return name, image.windowing
+
+
 def _clean_polygons(segmentation: list, width: int, height: int) -> list[list[float]]:
     """ARCADE polygons clipped to the image, dropping those with fewer than 3 points."""
     polygons = []
@@ -110,8 +116,9 @@ def _clean_polygons(segmentation: list, width: int, height: int) -> list[list[fl
     return polygons
 
 
-def _convert_split(doc: dict, split: str) -> tuple[dict, Counter, Counter]:
-    """The CASS COCO dict of one split, the CASS instance counts and the dropped-class counts."""
+def _convert_split(doc: dict, split: str, imported: dict[str, tuple[str, dict]]) -> tuple[dict, Counter, Counter]:
+    """The CASS COCO dict of one split, the CASS instance counts and the dropped-class counts; ``imported``: each
+    ARCADE file name's dataset file name and windowing (:func:`_import_image`)."""
     syntax_name = {c["id"]: str(c["name"]) for c in doc["categories"]}
     images = {img["id"]: img for img in doc["images"]}
     kept: Counter[int] = Counter()
@@ -134,8 +141,8 @@ def _convert_split(doc: dict, split: str) -> tuple[dict, Counter, Counter]:
             "id": ann["id"], "image_id": ann["image_id"], "category_id": cid, "segmentation": polygons,
             "bbox": [float(v) for v in mask_utils.toBbox(rle)], "area": int(mask_utils.area(rle)), "iscrowd": 0,
         })
-    out_images = [{"id": img["id"], "file_name": f"{split}/{img['file_name']}", "width": img["width"],
-                   "height": img["height"]} for img in doc["images"]]
+    out_images = [{"id": img["id"], "file_name": imported[img["file_name"]][0], "width": img["width"],
+                   "height": img["height"], "windowing": imported[img["file_name"]][1]} for img in doc["images"]]
     return coco_document(out_images, annotations, description=f"ARCADE syntax {split} mapped to CASS"), kept, dropped
 
 
@@ -143,7 +150,8 @@ def import_arcade(arcade_root: Path, out: Path, *, overwrite: bool = False) -> D
     """Write the CASS dataset folder ``out`` with ARCADE's images linked or copied in (see the module doc)."""
     check_apart({"--out": out}, {"--arcade-root": arcade_root})
     check_replaceable(out, overwrite=overwrite)
-    sources = {split: _load_arcade_split(arcade_root, split) for split in SPLITS}
+    splits = SWEEP_SPLITS + (("test",) if (arcade_root / "syntax" / "test").exists() else ())
+    sources = {split: _load_arcade_split(arcade_root, split) for split in splits}
     files = {split: _image_files(doc, images_dir) for split, (doc, images_dir) in sources.items()}
     kept: dict[str, Counter] = {}
     dropped: dict[str, Counter] = {}
@@ -151,17 +159,15 @@ def import_arcade(arcade_root: Path, out: Path, *, overwrite: bool = False) -> D
         paths = DatasetPaths(tmp)
         for split, (doc, _) in sources.items():
             (paths.images_dir / split).mkdir(parents=True)
-            for file_name, source in tqdm(files[split].items(), desc=f"images {split}", unit="img", leave=False):
-                _link_or_copy(source, paths.images_dir / split / file_name)
-            converted, kept[split], dropped[split] = _convert_split(doc, split)
+            imported = {file_name: _import_image(source, paths.images_dir, split, file_name) for file_name, source
+                        in tqdm(files[split].items(), desc=f"images {split}", unit="img", leave=False)}
+            converted, kept[split], dropped[split] = _convert_split(doc, split, imported)
             write_json_atomic(paths.annotations(split), converted)
         validate_dataset(paths).raise_if_errors()
     print(instance_table(kept))
     print("dropped ARCADE classes (no CASS equivalent):")
     for name in sorted(set().union(*dropped.values()), key=str):
-        print(f"  {name:<28}" + " ".join(f"{split} {dropped[split][name]:>6}" for split in SPLITS))
-    if (arcade_root / "syntax" / "test").exists():
-        print("note: syntax/test was not imported (the dataset layout has train and val only)")
+        print(f"  {name:<28}" + " ".join(f"{split} {dropped[split][name]:>6}" for split in splits))
     return DatasetPaths(out)
 
 

@@ -56,6 +56,24 @@ BY_SHORT_NAME: dict[str, CassCategory] = {c.short_name: c for c in CASS_CATEGORI
 BY_PROMPT: dict[str, CassCategory] = {c.prompt: c for c in CASS_CATEGORIES}
 PROMPTS: tuple[str, ...] = tuple(c.prompt for c in CASS_CATEGORIES)
 
+#: SYNTAX segment number (as ARCADE names its classes) -> CASS short name; SYNTAX segments not listed have no
+#: CASS equivalent (and CASS ``obtuse_marginal_3`` has no SYNTAX source).
+SYNTAX_TO_CASS: dict[str, str] = {
+    "1": "proximal_rca",
+    "2": "mid_rca",
+    "3": "distal_rca",
+    "4": "pda",
+    "5": "left_main",
+    "6": "proximal_lad",
+    "7": "mid_lad",
+    "8": "distal_lad",
+    "11": "proximal_lcx",
+    "13": "distal_lcx",
+    "12": "ramus",
+    "12a": "obtuse_marginal_1",
+    "12b": "obtuse_marginal_2",
+}
+
 
 def coco_categories() -> list[dict]:
     """The COCO ``categories`` list for a CASS dataset, in id order."""

@@ -1,7 +1,9 @@
 """Where a COCO CASS dataset's files live.
 
-A dataset folder ``D`` holds ``D/images/<file_name>`` and ``D/annotations/{train,val}.json``; each
-image's ``file_name`` is relative to ``D/images``. Converters write this layout; loaders read it.
+A dataset folder ``D`` holds ``D/images/<file_name>`` and ``D/annotations/{train,val}.json``, and may hold
+``D/annotations/test.json``: a held-out split, patient-disjoint from the other two, that a sweep never reads
+(:meth:`DatasetPaths.trial_fields` names train and val only). Each image's ``file_name`` is relative to
+``D/images``, whatever its split. Converters write this layout; loaders read it.
 
 An image file stays inside its images folder (:func:`image_file`): a ``file_name`` that is absolute, names a
 drive or climbs with ``..`` is refused, and so is a symlink whose target lies outside the folder unless the
@@ -13,7 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "test")
+#: The splits every dataset has and a sweep reads (``test`` is optional and held out).
+SWEEP_SPLITS = ("train", "val")
 
 
 @dataclass(frozen=True)
@@ -27,7 +31,7 @@ class DatasetPaths:
         return self.root / "images"
 
     def annotations(self, split: str) -> Path:
-        """The COCO JSON of ``split`` (``train`` or ``val``)."""
+        """The COCO JSON of ``split`` (one of :data:`SPLITS`)."""
         if split not in SPLITS:
             raise ValueError(f"split {split!r} is not one of {SPLITS}")
         return self.root / "annotations" / f"{split}.json"
@@ -40,8 +44,17 @@ class DatasetPaths:
     def val_json(self) -> Path:
         return self.annotations("val")
 
+    @property
+    def test_json(self) -> Path:
+        return self.annotations("test")
+
+    def splits(self) -> tuple[str, ...]:
+        """The splits of this dataset: train and val (every dataset has them; a missing file is the validator's
+        error to report) and test when ``annotations/test.json`` exists."""
+        return SWEEP_SPLITS + (("test",) if self.test_json.exists() else ())
+
     def trial_fields(self) -> dict[str, str]:
-        """The ``TrialConfig`` fields that point a trial at this dataset."""
+        """The ``TrialConfig`` fields that point a trial at this dataset: train and val, never the test split."""
         return {"train_json": str(self.train_json), "val_json": str(self.val_json), "images_dir": str(self.images_dir)}
 
 

@@ -13,8 +13,10 @@ small model can tell them apart.
 
 Frames are grey with a smooth uneven background, vignetting, a catheter and noise; vessels are dark,
 3-8 px wide at 224 px, tapering distally. Output is byte-identical for a given seed and is written in
-the :mod:`data_prep.layout` form (``images/<patient>_fNN.png``, ``annotations/{train,val}.json``),
-with ``patient_id`` on every image (``FRAMES_PER_PATIENT`` frames each; train and val patients differ).
+the :mod:`data_prep.layout` form (``images/<patient>_fNN.png``, ``annotations/{train,val}.json``, and
+``annotations/test.json`` when test images are asked for), with ``patient_id`` on every image
+(``FRAMES_PER_PATIENT`` frames each; no patient is in two splits). Asking for a test split leaves the train and
+val files byte-identical.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from data_prep.layout import DatasetPaths
 FRAMES_PER_PATIENT = 4
 MIN_SEGMENTS, MAX_SEGMENTS = 5, 14
 _REFERENCE_SIZE = 224  # radii below are in pixels at this size and scale with the image
-_SPLIT_CODES = {"train": 0, "val": 1}
+_SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 
 
 @dataclass(frozen=True)
@@ -240,23 +242,24 @@ def _write_split(
     return images, annotations
 
 
-def generate_dataset(out: Path, n_train: int, n_val: int, size: int = 224, seed: int = 0, *,
+def generate_dataset(out: Path, n_train: int, n_val: int, size: int = 224, seed: int = 0, *, n_test: int = 0,
                      overwrite: bool = False) -> DatasetPaths:
-    """Write a synthetic CASS dataset to ``out`` (images + train/val COCO JSON) and return its paths.
+    """Write a synthetic CASS dataset to ``out`` (images + train/val COCO JSON, and test JSON when ``n_test`` > 0)
+    and return its paths.
 
-    Deterministic: the same arguments give byte-identical files. Train and val use different patients.
+    Deterministic: the same arguments give byte-identical files. Train, val and test use different patients.
     Built beside ``out`` and renamed into place at the end (:func:`common.outputs.staged_folder`): an existing
     ``out`` is replaced only with ``overwrite`` and only if this project wrote it.
     """
-    if n_train < 1 or n_val < 0 or size < 64:
-        raise InputError(f"synthetic dataset: need --train >= 1, --val >= 0, --size >= 64; "
-                         f"got {n_train}, {n_val}, {size}")
+    if n_train < 1 or n_val < 0 or n_test < 0 or size < 64:
+        raise InputError(f"synthetic dataset: need --train >= 1, --val >= 0, --test >= 0, --size >= 64; "
+                         f"got {n_train}, {n_val}, {n_test}, {size}")
     counts: dict[str, dict[int, int]] = {}
     with staged_folder(Path(out), overwrite=overwrite, command="python -m data_prep.synthetic") as staging:
         paths = DatasetPaths(staging)
         paths.images_dir.mkdir(parents=True)
         next_id = 1
-        for split, n in (("train", n_train), ("val", n_val)):
+        for split, n in (("train", n_train), ("val", n_val), *((("test", n_test),) if n_test else ())):
             images, annotations = _write_split(paths, split, n, size, seed, next_id)
             next_id += len(images)
             doc = coco_document(images, annotations, description=f"synthetic CASS {split}, seed {seed}")
@@ -271,14 +274,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="dataset folder to write")
     parser.add_argument("--train", type=int, default=64, help="number of training images")
     parser.add_argument("--val", type=int, default=16, help="number of validation images")
+    parser.add_argument("--test", type=int, default=0,
+                        help="number of held-out test images (default 0: no test.json)")
     parser.add_argument("--size", type=int, default=224, help="image side in pixels")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true",
                         help="replace --out if it is a dataset this project wrote")
     args = parser.parse_args(argv)
-    paths = generate_dataset(args.out, args.train, args.val, size=args.size, seed=args.seed,
+    paths = generate_dataset(args.out, args.train, args.val, size=args.size, seed=args.seed, n_test=args.test,
                              overwrite=args.overwrite)
-    print(f"wrote {paths.train_json} and {paths.val_json}")
+    print(f"wrote {', '.join(str(paths.annotations(split)) for split in paths.splits())}")
     return 0
 
 

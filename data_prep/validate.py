@@ -8,10 +8,13 @@ Errors: a file that is not UTF-8 text, invalid JSON (line and column), missing k
 record), wrong types (NaN and Infinity, which Python's json accepts, are not numbers here),
 duplicate ids or file names, annotations pointing at unknown images or categories, categories that
 are not the 14 CASS categories of :mod:`data_prep.cass` (ids and prompt names), missing / unreadable /
-corrupt image files, image sizes differing from the JSON, empty / degenerate / out-of-bounds
+corrupt image files, image sizes differing from the JSON, images that sam3's loader would not read faithfully
+(16-bit, 32-bit, float, palette or 1-bit: :func:`data_prep.images.sam3_mode_problem` names the command that
+converts them), empty / degenerate / out-of-bounds
 segmentations (polygons with < 3 points, RLE whose size is not the image's), a bbox more than
 ``BBOX_TOLERANCE_PX`` away from its mask, zero area, and a missing ``iscrowd``. With several files
-(train and val), a patient whose frames appear in two of them is an error too.
+(train, val and test), a patient whose frames appear in two of them is an error too: every pair is checked,
+by the images' ``patient_id`` (images without one, such as ARCADE's, cannot be checked).
 
 Warnings: a category never present in a file, an ``area`` far from the mask's area. (A category absent
 from the training file is deliberately not an error: the model still sees its prompt as a negative query,
@@ -43,6 +46,7 @@ from pycocotools import mask as mask_utils
 from common.errors import InputError, run_cli
 from common.typed_yaml import excerpt
 from data_prep import cass
+from data_prep.images import sam3_mode_problem
 from data_prep.layout import DatasetPaths, image_file
 
 BBOX_TOLERANCE_PX = 2.0
@@ -184,13 +188,14 @@ def _check_image_file(path: Path, width: int, height: int) -> str | None:
     try:
         with Image.open(path) as im:
             im.load()
-            size = im.size
+            size, mode = im.size, im.mode
     except Exception as err:  # PIL raises many types for unreadable or truncated files
         return f"file {path} cannot be read as an image ({type(err).__name__}: {err}); re-export it"
     if size != (width, height):
         return (f"file {path} is {size[0]}x{size[1]} px but the JSON says width {width}, height {height}; "
                 "fix width/height or the file")
-    return None
+    problem = sam3_mode_problem(path, mode)
+    return f"file {path} {problem}" if problem else None
 
 
 def _check_categories(src: str, categories: list, report: ValidationReport) -> set[int]:
@@ -208,14 +213,16 @@ def _check_categories(src: str, categories: list, report: ValidationReport) -> s
         if not _is_int(cid) or cid not in cass.BY_ID:
             report.errors.append(
                 f"{src}: category id {excerpt(cid)} ({excerpt(cat['name'])}) field 'id' is not a CASS category; use ids "
-                f"1-{cass.NUM_CATEGORIES} from data_prep.cass (convert with data_prep.create_coco_cass)")
+                f"1-{cass.NUM_CATEGORIES} from data_prep.cass (convert with data_prep.create_coco_cass, or map an "
+                "existing COCO file with data_prep.remap)")
             continue
         seen.add(cid)
         expected = cass.BY_ID[cid]
         if cat["name"] != expected.prompt:
             report.errors.append(
                 f"{src}: category id {cid} field 'name' is {excerpt(cat['name'])}, expected the CASS prompt "
-                f"{expected.prompt!r} (sam3 uses 'name' as the text prompt)")
+                f"{expected.prompt!r} (sam3 uses 'name' as the text prompt); map an existing COCO file's "
+                "categories with `python -m data_prep.remap IN.json OUT.json`")
         if "short_name" in cat and cat["short_name"] != expected.short_name:
             report.errors.append(f"{src}: category id {cid} field 'short_name' is {excerpt(cat['short_name'])}, "
                                  f"expected {expected.short_name!r}")
@@ -390,7 +397,8 @@ def _shared_patients(files: Sequence[Path]) -> list[str]:
 
 def validate_files(files: Sequence[Path], images_dir: Path | None, *, check_images: bool = True,
                    follow_links: bool = False) -> ValidationReport:
-    """Validate several COCO files sharing ``images_dir`` (e.g. train and val), plus patient leakage."""
+    """Validate several COCO files sharing ``images_dir`` (e.g. train, val, test), plus patient leakage between
+    any two of them."""
     report = ValidationReport()
     for path in files:
         report.extend(validate_coco(path, images_dir, check_images=check_images, follow_links=follow_links))
@@ -400,13 +408,16 @@ def validate_files(files: Sequence[Path], images_dir: Path | None, *, check_imag
 
 
 def validate_dataset(paths: DatasetPaths, *, check_images: bool = True) -> ValidationReport:
-    """Validate a dataset folder: train and val JSON, their images, and that no patient is in both."""
-    return validate_files([paths.train_json, paths.val_json], paths.images_dir, check_images=check_images)
+    """Validate a dataset folder: the JSON of every split (train, val, and test when present), their images, and
+    that no patient is in two splits."""
+    return validate_files([paths.annotations(split) for split in paths.splits()], paths.images_dir,
+                          check_images=check_images)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_prep.validate", description=__doc__.split("\n")[0])
-    parser.add_argument("annotations", type=Path, nargs="+", help="COCO JSON file(s), e.g. train.json val.json")
+    parser.add_argument("annotations", type=Path, nargs="+",
+                        help="COCO JSON file(s), e.g. train.json val.json test.json (no patient in two of them)")
     parser.add_argument("--images", type=Path, help="folder the images' file_name is relative to (must exist)")
     parser.add_argument("--no-image-check", action="store_true", help="do not open the image files")
     parser.add_argument("--follow-links", action="store_true",

@@ -20,23 +20,28 @@ EXPECTED = {"1": "proximal_rca", "2": "mid_rca", "3": "distal_rca", "4": "pda", 
             "12": "ramus", "12a": "obtuse_marginal_1", "12b": "obtuse_marginal_2"}
 
 
+def _write_arcade_split(root, split):
+    """ARCADE's ``syntax/<split>``: 2 images (the same file names in every split), one triangle of every
+    class on image 1 and nothing on image 2."""
+    (root / "syntax" / split / "images").mkdir(parents=True)
+    for i in (1, 2):
+        Image.fromarray(np.full((64, 64), 120, np.uint8)).save(root / "syntax" / split / "images" / f"{i}.png")
+    anns = [{"id": k + 1, "image_id": 1, "category_id": k + 1, "segmentation": [[2, 2, 40, 2 + k, 2, 30]],
+             "bbox": [2, 2, 38, 28 + k], "area": 500.0, "iscrowd": 0}
+            for k in range(len(SYNTAX_NAMES))]
+    doc = {"images": [{"id": i, "file_name": f"{i}.png", "width": 64, "height": 64} for i in (1, 2)],
+           "annotations": anns,
+           "categories": [{"id": k + 1, "name": n, "supercategory": ""} for k, n in enumerate(SYNTAX_NAMES)]}
+    (root / "syntax" / split / "annotations").mkdir()
+    (root / "syntax" / split / "annotations" / f"{split}.json").write_text(json.dumps(doc))
+
+
 @pytest.fixture
 def arcade_root(tmp_path):
-    """ARCADE's syntax layout: train and val, 2 images each (same file names in both), one triangle
-    of every class on image 1 and nothing on image 2."""
+    """ARCADE's syntax layout with train and val only."""
     root = tmp_path / "arcade"
     for split in ("train", "val"):
-        (root / "syntax" / split / "images").mkdir(parents=True)
-        for i in (1, 2):
-            Image.fromarray(np.full((64, 64), 120, np.uint8)).save(root / "syntax" / split / "images" / f"{i}.png")
-        anns = [{"id": k + 1, "image_id": 1, "category_id": k + 1, "segmentation": [[2, 2, 40, 2 + k, 2, 30]],
-                 "bbox": [2, 2, 38, 28 + k], "area": 500.0, "iscrowd": 0}
-                for k in range(len(SYNTAX_NAMES))]
-        doc = {"images": [{"id": i, "file_name": f"{i}.png", "width": 64, "height": 64} for i in (1, 2)],
-               "annotations": anns,
-               "categories": [{"id": k + 1, "name": n, "supercategory": ""} for k, n in enumerate(SYNTAX_NAMES)]}
-        (root / "syntax" / split / "annotations").mkdir()
-        (root / "syntax" / split / "annotations" / f"{split}.json").write_text(json.dumps(doc))
+        _write_arcade_split(root, split)
     return root
 
 
@@ -70,6 +75,20 @@ def test_images_are_linked_inside_the_dataset_folder_and_the_result_validates(ar
     assert validate_dataset(DatasetPaths(out)).errors == []
 
 
+def test_a_16_bit_arcade_image_is_written_in_8_bits_and_the_8_bit_ones_are_still_linked(arcade_root, tmp_path):
+    images = arcade_root / "syntax" / "train" / "images"
+    Image.fromarray(np.tile(np.arange(64, dtype=np.uint16) * 65, (64, 1))).save(images / "1.png")  # 12-bit ramp
+    out = tmp_path / "d"
+    assert run_cli(main, ["--arcade-root", str(arcade_root), "--out", str(out)]) == 0
+    windowing = {img["file_name"]: img["windowing"] for img in json.loads((out / "annotations" / "train.json")
+                                                                          .read_text())["images"]}
+    assert windowing["train/1.png"]["method"] == "bit_depth" and windowing["train/2.png"]["method"] == "8bit"
+    with Image.open(out / "images" / "train" / "1.png") as im:
+        assert im.mode == "L" and np.asarray(im)[0, 0] == 0 and np.asarray(im)[0, -1] == 255
+    assert (out / "images" / "train" / "2.png").stat().st_ino == (images / "2.png").stat().st_ino
+    assert validate_dataset(DatasetPaths(out)).errors == []
+
+
 def test_an_arcade_file_name_outside_its_image_folder_is_refused(arcade_root, tmp_path, capsys):
     ann = arcade_root / "syntax" / "val" / "annotations" / "val.json"
     doc = json.loads(ann.read_text())
@@ -91,4 +110,24 @@ def test_not_arcade_layout_is_an_input_error(tmp_path, capsys):
     (tmp_path / "not-arcade").mkdir()
     assert run_cli(main, ["--arcade-root", str(tmp_path / "not-arcade"), "--out", str(tmp_path / "d")]) == 2
     assert "syntax layout" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
+def test_arcade_s_test_split_becomes_the_held_out_test_json(arcade_root, tmp_path):
+    assert run_cli(main, ["--arcade-root", str(arcade_root), "--out", str(tmp_path / "without")]) == 0
+    assert DatasetPaths(tmp_path / "without").splits() == ("train", "val")
+    _write_arcade_split(arcade_root, "test")
+    out = DatasetPaths(tmp_path / "d")
+    assert run_cli(main, ["--arcade-root", str(arcade_root), "--out", str(out.root)]) == 0
+    assert out.splits() == ("train", "val", "test")
+    doc = json.loads(out.test_json.read_text())
+    assert [img["file_name"] for img in doc["images"]] == ["test/1.png", "test/2.png"]
+    assert {SYNTAX_NAMES[a["id"] - 1] for a in doc["annotations"]} == set(EXPECTED)
+    assert validate_dataset(out).errors == []
+
+
+def test_a_test_folder_without_its_annotations_is_refused(arcade_root, tmp_path, capsys):
+    (arcade_root / "syntax" / "test" / "images").mkdir(parents=True)
+    assert run_cli(main, ["--arcade-root", str(arcade_root), "--out", str(tmp_path / "d")]) == 2
+    assert str(arcade_root / "syntax" / "test" / "annotations" / "test.json") in capsys.readouterr().err
     assert not (tmp_path / "d").exists()

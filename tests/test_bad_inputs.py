@@ -1,12 +1,17 @@
 """A catalogue of bad inputs, each fed to the command line a user would run, in-process through ``run_cli``.
 
 Every row breaks ONE thing in an otherwise good input (COCO files, images, sweep configs, search spaces,
-checkpoints, sweep folders) and runs one of the four entry points:
+checkpoints, sweep folders, output places) and runs one of the entry points a user runs (``CLIS``):
 
     python -m data_prep.validate        ANNOTATIONS.json [...] --images DIR
+    python -m data_prep.create_coco_cass --images DIR --label-maps DIR --out DIR
+    python -m data_prep.convert_images  INPUT... --out DIR
+    python -m data_prep.remap           IN.json OUT.json
+    python -m data_prep.synthetic       OUT
     python -m trainables.checkpoints.surgery  IN OUT --preset tiny
     python sweeps/stage2.py             --config X --dry-run
     python -m sweeps.export             EXPERIMENT_DIR --out DIR
+    python -m sweeps.report             EXPERIMENT_DIR --out FILE
 
 and checks the same contract for all of them: exit status 2; ONE error (one ``error:`` line with at most one
 top-level ``  - `` item; no traceback) that names the file and the field or place that is wrong; and no
@@ -30,12 +35,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
+from angiograms import cine, compressed_without_decoder, png16, without_pixel_data, write_dicom, xa_dataset
+from PIL import Image
 
 from common.errors import run_cli
-from data_prep import create_coco_cass, synthetic, validate
+from data_prep import cass, convert_images, create_coco_cass, remap, synthetic, validate
 from data_prep.layout import DatasetPaths
 from sweeps import export, ray_compat, report, stage2
 from trainables.checkpoints import surgery
@@ -44,7 +52,8 @@ from trainables.checkpoints.phase1 import write_phase1_checkpoint
 from trainables.model import build_model
 
 CLIS = {"validate": validate.main, "surgery": surgery.main, "stage2": stage2.main, "export": export.main,
-        "report": report.main, "synthetic": synthetic.main, "create_coco_cass": create_coco_cass.main}
+        "report": report.main, "synthetic": synthetic.main, "create_coco_cass": create_coco_cass.main,
+        "remap": remap.main, "convert_images": convert_images.main}
 LOCAL_SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "local.yaml"
 
 
@@ -227,6 +236,25 @@ def _patient_in_both(ws: Workspace):
     return argv, paths.val_json, [str(paths.train_json), "patient_id"]
 
 
+def _patient_in_val_and_test(ws: Workspace):
+    paths = ws.dataset()
+    shutil.copy(paths.val_json, paths.test_json)  # val's patient held out again as the test split
+    argv = [str(paths.train_json), str(paths.val_json), str(paths.test_json), "--images", str(paths.images_dir)]
+    return argv, paths.test_json, [str(paths.val_json), "patient_id"]
+
+
+def _test_fraction_leaving_train_empty(ws: Workspace):
+    """Three patients, one blank frame and an all-background label map each; val and test would take all three."""
+    frames, labels = ws.path("frames"), ws.path("labels")
+    for folder in (frames, labels):
+        folder.mkdir()
+    for patient in ("P1", "P2", "P3"):
+        Image.new("L", (16, 16), 128).save(frames / f"{patient}_f0.png")
+        Image.new("L", (16, 16), 0).save(labels / f"{patient}_f0.png")
+    return (["--images", str(frames), "--label-maps", str(labels), "--out", str(ws.path("cass")),
+             "--val-fraction", "0.5", "--test-fraction", "0.4"], frames, ["--test-fraction", "leaving train no patient"])
+
+
 def _export_out_exists(ws: Workspace):
     out = ws.path("best")
     out.mkdir()
@@ -340,6 +368,44 @@ def _config_text(ws: Workspace, text: str | bytes, *fragments: str):
     return ["--config", str(config), "--dry-run"], config, list(fragments)
 
 
+def _remap(ws: Workspace, extra: dict[int, str], map_text: str | None = None, *fragments: str):
+    """The synthetic train file named as the Stage 2 notes name its categories, plus ``extra`` (id -> name),
+    remapped to ``out.json``; with ``map_text``, through a ``--map`` file (then the named file)."""
+    source = ws.edit_json(ws.dataset().train_json, lambda d: d.__setitem__("categories", [
+        *({"id": c.id, "name": c.short_name} for c in cass.CASS_CATEGORIES),
+        *({"id": cid, "name": name} for cid, name in extra.items())]))
+    argv, named = [str(source), str(ws.path("out.json"))], source
+    if map_text is not None:
+        named = ws.path("map.yaml")
+        named.write_text(map_text)
+        argv += ["--map", str(named)]
+    return argv, named, list(fragments)
+
+
+def _sixteen_bit_image(ws: Workspace):
+    """The dataset's first frame re-saved as a 16-bit PNG (what a DICOM export writes), same name and size."""
+    paths, image = ws.dataset(), ws.first_image()
+    png16(image, np.asarray(Image.open(image)).astype(np.uint16) * 16)
+    return ([str(paths.train_json), "--images", str(paths.images_dir)], image,
+            ["16-bit image", "python -m data_prep.convert_images"])
+
+
+def _convert_one(ws: Workspace, make: Callable[[Path], object], name: str, *fragments: str):
+    """``python -m data_prep.convert_images FILE --out converted`` on the file ``make`` writes."""
+    source = ws.path(name)
+    make(source)
+    return [str(source), "--out", str(ws.path("converted"))], source, list(fragments)
+
+
+def _run_labelled_past_its_last_frame(ws: Workspace):
+    """A 3-frame run whose label map names frame 7 (``<stem>_frame7.png``)."""
+    run = write_dicom(ws.path("runs") / "P1_run1.dcm", xa_dataset(cine(3)))
+    ws.path("labels").mkdir()
+    Image.new("L", (64, 32), 0).save(ws.path("labels") / "P1_run1_frame7.png")
+    return (["--images", str(run.parent), "--label-maps", str(ws.path("labels")), "--out", str(ws.path("cass"))],
+            run, ["frame 7 is out of range", "3 frame(s)"])
+
+
 ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
     f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
     f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n"
@@ -371,6 +437,9 @@ CASES: dict[str, Case] = {
     "coco: polygon of strings": Case("validate", "coco", lambda ws: _validate(
         ws, _set(_ann, "segmentation", [["1", "2", "3", "4", "5", "6"]]), "polygon 0 is not a flat list")),
     "coco: a patient in train and val": Case("validate", "coco", _patient_in_both),
+    "coco: a patient in val and test": Case("validate", "coco", _patient_in_val_and_test),
+    "coco: a test fraction that leaves train empty": Case("create_coco_cass", "coco",
+                                                          _test_fraction_leaving_train_empty),
     # --- image files ---
     "image: --images folder missing": Case("validate", "image", lambda ws: (
         [str(ws.dataset().train_json), "--images", str(ws.path("no-such-images"))], ws.path("no-such-images"),
@@ -379,6 +448,16 @@ CASES: dict[str, Case] = {
         ws, lambda p: p.write_bytes(b""), "field 'file_name'", "cannot be read as an image")),
     "image: JSON saved under an image's name": Case("validate", "image", lambda ws: _image(
         ws, lambda p: p.write_text("{}"), "field 'file_name'", "cannot be read as an image")),
+    # images of any depth (16-bit, DICOM): refused where sam3 would misread them, converted otherwise
+    "image: a 16-bit PNG in a dataset": Case("validate", "image", _sixteen_bit_image),
+    "image: a DICOM without pixel data": Case("convert_images", "image", lambda ws: _convert_one(
+        ws, without_pixel_data, "header.dcm", "holds no pixel data")),
+    "image: a compressed DICOM without a decoder": Case("convert_images", "image", lambda ws: _convert_one(
+        ws, compressed_without_decoder, "run.dcm", "no installed pydicom decoder", "pip install")),
+    "image: a label map naming a frame past the run's end": Case("create_coco_cass", "image",
+                                                                   _run_labelled_past_its_last_frame),
+    "image: an image mode nothing here reads (CMYK)": Case("convert_images", "image", lambda ws: _convert_one(
+        ws, lambda p: Image.new("CMYK", (8, 8)).save(p), "print.tif", "PIL mode CMYK")),
     # --- sweep configs (python sweeps/stage2.py --config X --dry-run) ---
     "config: YAML truncated": Case("stage2", "config", lambda ws: (
         ["--config", str(ws.config(text="name: x\ntrial: {max_steps: 4, val_every")), "--dry-run"],
@@ -463,6 +542,17 @@ CASES: dict[str, Case] = {
     "surgery: input file missing": Case("surgery", "checkpoint", lambda ws: _surgery(
         ws, ws.path("absent.pth"), "not found")),
     "surgery: output folder is a regular file": Case("surgery", "checkpoint", _surgery_into_a_file),
+    # real Phase 1 files: plain metadata is read, anything else refused by name (issue 17)
+    "surgery: a pickled module beside the weights (a disallowed global)": Case("surgery", "checkpoint",
+        lambda ws: _surgery(ws, ws.torch_file("module.pth", {"model": dict(ws.phase1_state), "epoch": 3,
+                                                             "ema": torch.nn.Linear(2, 2)}),
+                            "torch.nn.modules.linear.Linear", "not allowed")),
+    "surgery: --ema on a file without EMA weights": Case("surgery", "checkpoint", lambda ws: (
+        [*_surgery(ws, ws.phase1())[0], "--ema"], ws.path("phase1.pth"), ["--ema", "no EMA weights"])),
+    "surgery: unexpected keys without --allow-unexpected": Case("surgery", "checkpoint", lambda ws: _surgery(
+        ws, _phase1_with(ws, "unexpected.pth", lambda s: s.__setitem__("sam3.transformer.decoder.extra.weight",
+                                                                        torch.zeros(2))),
+        "unexpected in the file", "--allow-unexpected transformer.decoder.")),
     # --- sweep folders (python -m sweeps.export) ---
     "export: experiment folder missing": Case("export", "sweep folder", lambda ws: (
         [str(ws.path("sweep")), "--out", str(ws.path("best"))], ws.path("sweep"), ["experiment folder not found"])),
@@ -511,6 +601,13 @@ CASES: dict[str, Case] = {
     "config: not UTF-8": Case("stage2", "config", lambda ws: _config_text(
         ws, "name: caf\xe9\n".encode("latin-1"), "not UTF-8")),
     "config: a YAML alias bomb": Case("stage2", "config", lambda ws: _config_text(ws, ALIAS_BOMB, "aliases")),
+    # an existing COCO file mapped onto CASS (python -m data_prep.remap IN OUT)
+    "remap: two source categories onto one CASS category": Case("remap", "coco", lambda ws: _remap(
+        ws, {77: "Proximal RCA"}, None, "id 1 'proximal_rca' and id 77 'Proximal RCA'", "proximal_rca")),
+    "remap: a category matching no CASS category, without --drop-unmapped": Case("remap", "coco", lambda ws: _remap(
+        ws, {99: "catheter"}, None, "category id 99 'catheter'", "--drop-unmapped")),
+    "remap: --map names an unknown CASS category": Case("remap", "coco", lambda ws: _remap(
+        ws, {}, "proximal_rca: proximal_rcx\n", "key 'proximal_rca'", "'proximal_rcx' is not a CASS category")),
 }
 
 

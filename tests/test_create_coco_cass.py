@@ -48,8 +48,12 @@ def _run(export, out, *extra):
                           *extra])
 
 
-def _load(out):
-    return {s: json.loads((out / "annotations" / f"{s}.json").read_text()) for s in ("train", "val")}
+def _load(out, splits=("train", "val")):
+    return {s: json.loads((out / "annotations" / f"{s}.json").read_text()) for s in splits}
+
+
+def _patients(docs):
+    return {s: {img["patient_id"] for img in d["images"]} for s, d in docs.items()}
 
 
 def test_no_patient_in_both_splits(export, tmp_path):
@@ -60,6 +64,37 @@ def test_no_patient_in_both_splits(export, tmp_path):
     assert patients["train"] | patients["val"] == set(PATIENTS) and len(patients["val"]) == 1
     assert sum(len(d["images"]) for d in docs.values()) == 6
     assert all((tmp_path / "d" / "images" / img["file_name"]).is_file() for d in docs.values() for img in d["images"])
+    assert not (tmp_path / "d" / "annotations" / "test.json").exists()  # --test-fraction defaults to 0
+
+
+def test_a_test_fraction_holds_out_a_third_split_of_other_patients(export, tmp_path):
+    assert _run(export, tmp_path / "d", "--test-fraction", "0.3") == 0
+    patients = _patients(_load(tmp_path / "d", ("train", "val", "test")))
+    assert [len(patients[s]) for s in ("train", "val", "test")] == [1, 1, 1]
+    assert patients["train"] | patients["val"] | patients["test"] == set(PATIENTS)
+
+
+def test_adding_a_test_split_keeps_val_and_takes_its_patients_from_train(export, tmp_path):
+    assert _run(export, tmp_path / "two", "--seed", "1") == 0
+    assert _run(export, tmp_path / "three", "--seed", "1", "--test-fraction", "0.3") == 0
+    assert _run(export, tmp_path / "again", "--seed", "1", "--test-fraction", "0.3") == 0
+    two, three = _patients(_load(tmp_path / "two")), _patients(_load(tmp_path / "three", ("train", "val", "test")))
+    assert three["val"] == two["val"] and three["test"] < two["train"]
+    assert _load(tmp_path / "again", ("train", "val", "test")) == _load(tmp_path / "three", ("train", "val", "test"))
+
+
+@pytest.mark.parametrize("fractions, expected", [
+    (("--test-fraction", "1"), "--test-fraction must be in [0, 1), got 1.0"),
+    (("--test-fraction", "-0.1"), "--test-fraction must be in [0, 1), got -0.1"),
+    (("--val-fraction", "0.5", "--test-fraction", "0.5"), "add up to 1 and would leave train no patient"),
+    # 3 patients: val round(1.5) = 2, test 1: the fractions add up to 0.9 but train would get none
+    (("--val-fraction", "0.5", "--test-fraction", "0.4"), "give val 2 and test 1"),
+])
+def test_fractions_that_leave_train_without_a_patient_are_refused_and_nothing_is_written(
+        fractions, expected, export, tmp_path, capsys):
+    assert _run(export, tmp_path / "out" / "d", *fractions) == 2
+    assert expected in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_one_instance_per_component_small_ones_dropped_sources_merged(export, tmp_path):

@@ -134,3 +134,27 @@ def test_asha_may_stop_on_another_reported_validation_metric_but_not_on_an_unkno
                               source="t").scheduler.metric == "val_presence_auroc"
     with pytest.raises(InputError, match="scheduler.metric: 'val_dcie'"):
         parse_sweep_config({**base, "scheduler": {"metric": "val_dcie"}}, source="t")
+
+
+def test_the_sweep_never_reads_the_test_split(synthetic_dataset, tmp_path, capsys):
+    """A dataset's test.json is held out: the trials are pointed at train and val only, and the dry run (which
+    validates every COCO file a trial reads, see the catalogue's 'dataset whose COCO file is broken') passes
+    although test.json is garbage that the validator refuses."""
+    import shutil
+
+    from data_prep.layout import DatasetPaths
+    from data_prep.validate import validate_dataset
+    from sweeps import stage2
+
+    data = DatasetPaths(Path(shutil.copytree(synthetic_dataset.root, tmp_path / "data")))
+    data.test_json.write_bytes(b"\x00 not a COCO file")
+    assert any(str(data.test_json) in error for error in validate_dataset(data).errors)
+    raw = with_(storage_path=str(tmp_path / "out"), dataset={"dir": str(data.root)}, num_samples=1,
+                trial={"max_steps": 4, "val_every": 2, "num_workers": 1, "cpu_threads_per_worker": 1},
+                scheduler={"grace_period": 2})
+    config = tmp_path / "sweep.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    trial = load_sweep_config(config).trial.to_dict()
+    assert (trial["train_json"], trial["val_json"]) == (str(data.train_json), str(data.val_json))
+    assert str(data.test_json) not in map(str, trial.values())
+    assert stage2.main(["--config", str(config), "--dry-run"]) == 0, capsys.readouterr().err

@@ -103,3 +103,21 @@ def test_cli_writes_the_layout(tmp_path):
     img = Image.open(next((tmp_path / "d" / "images").glob("*.png")))
     assert img.size == (96, 96)
     assert (tmp_path / "d" / "annotations" / "val.json").is_file()
+    assert not (tmp_path / "d" / "annotations" / "test.json").exists()  # no test split unless asked
+
+
+def test_a_test_split_has_its_own_patients_and_leaves_train_and_val_byte_identical(tmp_path):
+    two = generate_dataset(tmp_path / "two", 6, 2, seed=3)
+    three = generate_dataset(tmp_path / "three", 6, 2, seed=3, n_test=5)
+    assert (two.splits(), three.splits()) == (("train", "val"), ("train", "val", "test"))
+    assert two.train_json.read_bytes() == three.train_json.read_bytes()
+    assert two.val_json.read_bytes() == three.val_json.read_bytes()
+    test = json.loads(three.test_json.read_text())
+    assert len(test["images"]) == 5 and {img["patient_id"] for img in test["images"]} == {"test0000", "test0001"}
+    assert validate_dataset(three).errors == []
+
+
+def test_cli_writes_a_test_split_when_asked(tmp_path, capsys):
+    assert main(["--out", str(tmp_path / "d"), "--train", "1", "--val", "1", "--test", "1", "--size", "64"]) == 0
+    assert str(tmp_path / "d" / "annotations" / "test.json") in capsys.readouterr().out
+    assert (tmp_path / "d" / "annotations" / "test.json").is_file()

@@ -132,6 +132,26 @@ def test_patient_in_train_and_val_is_rejected(dataset):
     assert len(errors) == 1 and "patient_id" in errors[0]
 
 
+@pytest.fixture(scope="module")
+def three_way(tmp_path_factory):
+    """Train, val and test, one patient each (4 frames)."""
+    return generate_dataset(tmp_path_factory.mktemp("three") / "d", n_train=4, n_val=4, n_test=4, seed=0)
+
+
+@pytest.mark.parametrize("first, second", [("train", "val"), ("train", "test"), ("val", "test")])
+def test_a_patient_in_any_two_splits_is_rejected_naming_the_patient_and_both_files(first, second, three_way,
+                                                                                     tmp_path):
+    shutil.copytree(three_way.root, tmp_path / "d")
+    dataset = type(three_way)(tmp_path / "d")
+    assert validate_dataset(dataset).errors == []
+    patient = json.loads(dataset.annotations(first).read_text())["images"][0]["patient_id"]
+    _edit(dataset.annotations(second), _set(_img, "patient_id", patient))
+    errors = validate_dataset(dataset).errors
+    assert len(errors) == 1
+    assert f"patient_id '{patient}'" in errors[0]
+    assert f"{dataset.annotations(first)} and {dataset.annotations(second)}" in errors[0]
+
+
 def test_synthetic_set_passes(dataset, capsys):
     args = [str(dataset.train_json), str(dataset.val_json), "--images", str(dataset.images_dir)]
     assert run_cli(main, args) == 0

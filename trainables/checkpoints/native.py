@@ -146,10 +146,11 @@ def load_native(model: nn.Module, path: str | os.PathLike, *, allow_missing: Seq
     ``map_file`` (a model on the CPU): the model's tensors become the file's, memory-mapped copy-on-write,
     instead of copies of them, so a worker never holds the built model and the whole file at once
     (``bench/host_memory.py``). The file stays open while the model lives: use it for a file nothing deletes
-    meanwhile (the starting checkpoint, not a Train checkpoint that ``num_to_keep`` may remove).
+    meanwhile (the starting checkpoint, not a Train checkpoint that ``num_to_keep`` may remove). A model whose
+    tensors are on the meta device (a skeleton: weight surgery's strict check) takes them the same way.
     """
     target = _unwrap(model)
-    assign = map_file and all(t.device.type == "cpu" for t in target.state_dict().values())
+    assign = map_file and all(t.device.type in ("cpu", "meta") for t in target.state_dict().values())
     state = strip_native_prefix(safe_torch_load(path, mmap=assign), str(path))
     report = compare_state(model, state, allow_missing=allow_missing)
     if not report.ok:
