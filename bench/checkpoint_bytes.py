@@ -87,11 +87,8 @@ def sweep_peaks(model_bytes: int, state_bytes: int) -> tuple[int, int, str]:
 
     cfg = dataclasses.replace(load_sweep_config(STAGE2), max_concurrent_trials=CONCURRENT)
     budget = dataclasses.replace(disk_budget(cfg), model_bytes=model_bytes, state_bytes=state_bytes)
-    running = min(cfg.num_samples, CONCURRENT)
-    checkpoints = cfg.num_samples * cfg.checkpoint.num_to_keep + running
-    old = checkpoints * (model_bytes + state_bytes) + budget.export
-    counts = (f"{cfg.num_samples} trials x {cfg.checkpoint.num_to_keep} kept + {running} being written = "
-              f"{checkpoints} checkpoints; new: {budget.models} models, {budget.states} states; + export")
+    old = budget.models * (model_bytes + state_bytes) + budget.export  # the same checkpoints, each with a state
+    counts = f"{budget.models} checkpoints; new: {budget.models} models, {budget.states} states; + export"
     return old, budget.total, counts
 
 

@@ -2,8 +2,8 @@
 
 sam3's COCO loader opens every image with ``PIL.Image.open(f).convert("RGB")``. That is faithful for 8-bit
 grey or colour files (:data:`FAITHFUL_MODES`) and wrong for the rest: a 12-bit frame saved as a 16-bit PNG
-(PIL mode ``I;16``) is clipped at 255 and comes out nearly white, and 32-bit, float, palette and 1-bit
-images are not what they look like either. DICOM is not read at all.
+(PIL mode ``I;16``) is clipped at 255 and comes out nearly white, and 32-bit and float images are not what
+they look like either (palette and 1-bit images are: :data:`SAM3_READS`). DICOM is not read at all.
 
 :func:`read_image` reads one frame (``frame``, counted from 0) of a PNG, TIFF, JPEG, BMP or DICOM file and
 maps it linearly onto 0-255. The ``method`` of its record says which input range became 0-255 (``window``,
@@ -45,6 +45,9 @@ from common.errors import InputError
 
 #: PIL modes whose pixels sam3's ``Image.convert("RGB")`` keeps as they are (alpha is dropped).
 FAITHFUL_MODES = frozenset({"L", "LA", "RGB", "RGBA"})
+#: PIL modes sam3's ``Image.convert("RGB")`` reads as what the image looks like: the faithful ones, and palette
+#: and 1-bit images (their colours, their black and white). The validator accepts these.
+SAM3_READS = FAITHFUL_MODES | {"P", "PA", "1"}
 #: File suffixes read as images (DICOM files are also recognised without one, by their preamble).
 SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
 _DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -118,7 +121,7 @@ def write_png(image: Converted, path: Path) -> None:
 def sam3_mode_problem(path: Path, mode: str) -> str | None:
     """Why sam3's loader would not read the image ``path`` of PIL ``mode`` faithfully, with what to do (the
     command that converts it); None if it would."""
-    if mode in FAITHFUL_MODES:
+    if mode in SAM3_READS:
         return None
     kind = _convertible_kind(mode)
     if kind is not None:
@@ -224,18 +227,27 @@ def _grey_dicom(ds: pydicom.Dataset, stored: np.ndarray) -> tuple[np.ndarray, st
     """A MONOCHROME frame through pydicom's modality and VOI transforms, scaled to 8 bits: pixels, method,
     window (the input range, in modality units, that spans the output)."""
     values = apply_modality_lut(stored, ds)
-    # apply_voi_lut's own choice: the VOI LUT Sequence when it is complete, else Window Center / Width
-    lut = ds.get("VOILUTSequence")
-    if lut and "LUTDescriptor" in lut[0] and "LUTData" in lut[0]:
-        entries, first, depth = (int(v) for v in lut[0].LUTDescriptor)
-        window = (first, first + (entries or 2**16) - 1)
-        return _scaled(apply_voi_lut(values, ds), 0, 2**depth - 1), "voi_lut", window
-    if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
-        center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
-        out_lo, out_hi = apply_windowing(np.array([-np.inf, np.inf]), ds)  # the window's output range
-        return _scaled(apply_voi_lut(values, ds), out_lo, out_hi), "window", (center - width / 2, center + width / 2)
+    ignored = ""
+    try:
+        # apply_voi_lut's own choice: the VOI LUT Sequence when it is complete, else Window Center / Width
+        lut = ds.get("VOILUTSequence")
+        if lut and lut[0].get("LUTDescriptor") is not None and lut[0].get("LUTData") is not None:
+            entries, first, depth = (int(v) for v in lut[0].LUTDescriptor)
+            window = (first, first + (entries or 2**16) - 1)
+            data = np.asarray(lut[0].LUTData).ravel()
+            # vendors often declare 16 bits for 12-bit entries: scale by the entries' own range
+            out_lo, out_hi = (int(data.min()), int(data.max())) if data.size and data.max() > data.min() \
+                else (0, 2**depth - 1)
+            return _scaled(apply_voi_lut(values, ds), out_lo, out_hi), "voi_lut", window
+        if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
+            center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
+            out_lo, out_hi = apply_windowing(np.array([-np.inf, np.inf]), ds)  # the window's output range
+            return (_scaled(apply_voi_lut(values, ds), out_lo, out_hi), "window",
+                    (center - width / 2, center + width / 2))
+    except (ValueError, NotImplementedError) as err:  # pydicom refuses a width < 1, a LUT depth it cannot apply
+        ignored = f" (the file's VOI LUT / window is invalid and was ignored: {err})"
     lo, hi = sorted(apply_modality_lut(np.array(_stored_range(ds)), ds).tolist())
-    return _scaled(values, lo, hi), "bits_stored", (lo, hi)
+    return _scaled(values, lo, hi), "bits_stored" + ignored, (lo, hi)
 
 
 def _first(value: object) -> float:

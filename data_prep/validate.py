@@ -9,7 +9,7 @@ record), wrong types (NaN and Infinity, which Python's json accepts, are not num
 duplicate ids or file names, annotations pointing at unknown images or categories, categories that
 are not the 14 CASS categories of :mod:`data_prep.cass` (ids and prompt names), missing / unreadable /
 corrupt image files, image sizes differing from the JSON, images that sam3's loader would not read faithfully
-(16-bit, 32-bit, float, palette or 1-bit: :func:`data_prep.images.sam3_mode_problem` names the command that
+(16-bit, 32-bit or float: :func:`data_prep.images.sam3_mode_problem` names the command that
 converts them), empty / degenerate / out-of-bounds
 segmentations (polygons with < 3 points, RLE whose size is not the image's), a bbox more than
 ``BBOX_TOLERANCE_PX`` away from its mask, zero area, and a missing ``iscrowd``. With several files

@@ -70,15 +70,16 @@ class DiskBudget:
 
     def describe(self, cfg: SweepConfig) -> str:
         return (f"{self.total / 1e9:.1f} GB = {self.models} models x {self.model_bytes / 1e9:.2f} GB "
-                f"({cfg.num_samples} trials x {cfg.checkpoint.num_to_keep} kept checkpoints, + 1 being written "
-                f"per running trial) + {self.states} optimizer states x {self.state_bytes / 1e9:.2f} GB (2 per "
+                f"({cfg.num_samples} trials x ({cfg.checkpoint.num_to_keep} kept checkpoints + the latest), + 1 "
+                f"being written per running trial) + {self.states} optimizer states x {self.state_bytes / 1e9:.2f} GB (2 per "
                 f"running trial: its newest checkpoint's and the one being written) + the export "
                 f"{self.export / 1e9:.2f} GB")
 
 
 def disk_budget(cfg: SweepConfig) -> DiskBudget:
-    """Train keeps ``checkpoint.num_to_keep`` checkpoints of every trial, finished or stopped, and writes a new
-    one before it deletes an old one; only a running trial's newest checkpoint keeps the optimizer state
+    """Train keeps the ``checkpoint.num_to_keep`` best checkpoints of every trial, finished or stopped, and never
+    deletes a trial's latest one (when it is not among the best, a trial keeps ``num_to_keep + 1``); it writes a
+    new one before it deletes an old one; only a running trial's newest checkpoint keeps the optimizer state
     (:mod:`sweeps.optimizer_state`); the export copies one model."""
     from trainables.checkpoints.trial import estimated_bytes
     from trainables.model import PRESET_SIZES
@@ -86,7 +87,7 @@ def disk_budget(cfg: SweepConfig) -> DiskBudget:
     t = cfg.trial
     one = estimated_bytes(t.preset, freeze_text_encoder=t.freeze_text_encoder)
     running = min(cfg.num_samples, local_concurrency(cfg))
-    return DiskBudget(models=cfg.num_samples * cfg.checkpoint.num_to_keep + running, model_bytes=one.model,
+    return DiskBudget(models=cfg.num_samples * (cfg.checkpoint.num_to_keep + 1) + running, model_bytes=one.model,
                       states=2 * running, state_bytes=one.trainer_state, export=PRESET_SIZES[t.preset].native_bytes)
 
 

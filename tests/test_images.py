@@ -153,6 +153,26 @@ def test_a_voi_lut_is_preferred_to_the_window(tmp_path):
     assert image.pixels[0, 0] == 255 and image.pixels[0, -1] == 0 and np.all(np.diff(image.pixels[0].astype(int)) <= 0)
 
 
+def test_a_voi_lut_declared_16_bit_with_12_bit_entries_spans_0_to_255(tmp_path):
+    """Vendors often declare 16 bits per entry for a LUT whose entries stay below 4096: scaling by the declared
+    depth would leave the image nearly black."""
+    ds = xa_dataset(ramp())
+    item = Dataset()
+    item.add_new("LUTDescriptor", "US", [4096, 0, 16])
+    item.add_new("LUTData", "US", list(range(MAX_12_BIT + 1)))
+    ds.VOILUTSequence = [item]
+    image = read_image(write_dicom(tmp_path / "lut16.dcm", ds))
+    assert image.windowing["method"] == "voi_lut"
+    assert image.pixels[0, 0] == 0 and image.pixels[0, -1] == 255
+
+
+def test_an_invalid_window_is_ignored_and_said_so(tmp_path):
+    """A Window Width of 0 (pydicom refuses widths below 1) falls back to the stored bit range, recorded."""
+    image = read_image(write_dicom(tmp_path / "w0.dcm", xa_dataset(ramp(), window=(2048, 0))))
+    assert image.windowing["method"].startswith("bits_stored (the file's VOI LUT / window is invalid")
+    assert image.windowing["window"] == [0.0, 4095.0] and image.pixels[0, -1] == 255
+
+
 def test_a_compressed_run_is_decoded_by_pydicoms_plugin(tmp_path):
     run = cine(3)
     plain = write_dicom(tmp_path / "plain.dcm", xa_dataset(run, window=(2000, 3000)))
@@ -187,13 +207,14 @@ def test_a_frame_index_out_of_range_is_refused_naming_the_frame_count(frame, tmp
 # --- what the validator says -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["L", "RGB", "LA", "RGBA"])
+@pytest.mark.parametrize("mode", ["L", "RGB", "LA", "RGBA", "P", "PA", "1"])
 def test_modes_sam3_reads_faithfully_raise_no_problem(mode, tmp_path):
+    """Palette and 1-bit images are read as what they look like (Image.convert("RGB")): never refused."""
     assert sam3_mode_problem(tmp_path / "f.png", mode) is None
 
 
 @pytest.mark.parametrize("mode, kind", [("I;16", "16-bit"), ("I;16B", "16-bit"), ("I", "32-bit integer"),
-                                        ("F", "floating-point"), ("P", "palette"), ("1", "1-bit")])
+                                        ("F", "floating-point")])
 def test_other_modes_are_a_problem_naming_the_command_that_converts_the_file(mode, kind, tmp_path):
     problem = sam3_mode_problem(tmp_path / "f.png", mode)
     assert f"is a {kind} image" in problem

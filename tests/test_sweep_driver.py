@@ -200,12 +200,12 @@ def test_a_disk_too_small_for_the_sweeps_checkpoints_is_refused_with_the_figure_
     assert budget.model_bytes == pytest.approx(full.native_bytes, rel=0.03)
     assert budget.state_bytes == pytest.approx(8 * trained, rel=0.03)
     running = preflight.local_concurrency(cfg)
-    assert budget.models == 48 * 2 + running and budget.states == 2 * running
+    assert budget.models == 48 * (2 + 1) + running and budget.states == 2 * running  # Train keeps the latest too
     assert budget.total > 48 * 2 * full.native_bytes
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**13, 0, int(budget.total) - 1))
     (problem,) = preflight.disk_problems(cfg)
-    assert "(48 trials x 2 kept checkpoints" in problem and "lower num_samples or checkpoint.num_to_keep" in problem
+    assert "(48 trials x (2 kept checkpoints + the latest)" in problem and "lower num_samples or checkpoint.num_to_keep" in problem
     assert "freeze_text_encoder" not in problem  # already frozen in stage2.yaml
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**13, 0, int(budget.total)))
     assert preflight.disk_problems(cfg) == []

@@ -32,6 +32,9 @@ class RayReporter:
         ray.train.report(metrics, checkpoint=checkpoint)
         if checkpoint_dir is None:
             return
+        # ``report`` returns once the checkpoint is stored, before Train's controller has registered it: a
+        # restart in between would start from the previous one. Wait until it is committed.
+        ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
         persisted = ray.train.get_checkpoint()  # what Train made of ``checkpoint`` in the storage
         if self.previous is not None and persisted is not None and self.previous.path != persisted.path:
             drop_trainer_state(self.previous.filesystem, self.previous.path)

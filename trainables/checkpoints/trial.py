@@ -132,5 +132,8 @@ def drop_trainer_state(filesystem: pyarrow.fs.FileSystem, directory: str) -> boo
     path = f"{directory.rstrip('/')}/{STATE_FILE}"
     if filesystem.get_file_info(path).type != pyarrow.fs.FileType.File:
         return False
-    filesystem.delete_file(path)
+    try:
+        filesystem.delete_file(path)
+    except FileNotFoundError:  # Train's num_to_keep deleted the checkpoint meanwhile
+        return False
     return True
