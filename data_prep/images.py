@@ -74,8 +74,17 @@ class Converted:
 
 
 def is_image_file(path: Path) -> bool:
-    """Whether ``path`` is a file to read as an image: one of :data:`SUFFIXES`, or a DICOM file by content."""
-    return path.is_file() and (path.suffix.lower() in SUFFIXES or is_dicom(path))
+    """Whether ``path`` is a file to read as an image when a folder is listed: one of :data:`SUFFIXES`, or a
+    DICOM file by content; a DICOM object that is no image (no Rows: a structured report, a DICOMDIR, a
+    presentation state, as XA exports hold beside their runs) is not."""
+    if not path.is_file():
+        return False
+    if _is_dicom_file(path):
+        try:
+            return "Rows" in pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception:  # noqa: BLE001 (an unreadable DICOM is refused, by name, when it is read)
+            return True
+    return path.suffix.lower() in SUFFIXES
 
 
 def frame_count(path: Path) -> int:

@@ -271,6 +271,19 @@ def test_convert_images_writes_nothing_when_one_file_is_bad(exports, tmp_path, c
     assert not out.exists() and list(tmp_path.iterdir()) == [exports]
 
 
+def test_convert_images_passes_over_dicom_objects_that_are_no_image_in_a_folder(exports, tmp_path):
+    """XA exports hold structured reports, DICOMDIRs and presentation states beside the runs: a folder listing
+    leaves them out (no Rows: no image); the runs are converted."""
+    report = xa_dataset(cine(1)[0])
+    for tag in ("PixelData", "Rows", "Columns"):
+        delattr(report, tag)
+    write_dicom(exports / "P6_dose_report.dcm", report)
+    out = tmp_path / "converted"
+    assert run_cli(convert_images.main, [str(exports), "--out", str(out)]) == 0
+    assert not any("P6" in p.name for p in out.iterdir()) and (out / "P1_run1_frame0.png").is_file()
+    assert run_cli(convert_images.main, [str(exports / "P6_dose_report.dcm"), "--out", str(tmp_path / "one")]) == 2
+
+
 def test_convert_images_never_writes_inside_its_input(exports, capsys):
     before = sorted(p.name for p in exports.iterdir())
     assert run_cli(convert_images.main, [str(exports), "--out", str(exports / "converted")]) == 2
