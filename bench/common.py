@@ -4,12 +4,16 @@ local port for a process group (``sweeps.ray_compat.free_port`` imports Ray, whi
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
-LOG = Path(__file__).resolve().parents[1] / "BENCHMARKS-LOG.md"  # raw run records, newest last
+ROOT = Path(__file__).resolve().parents[1]
+LOG = ROOT / "BENCHMARKS-LOG.md"  # raw run records, newest last
 
 
 def machine_description() -> str:
@@ -41,6 +45,17 @@ def append_benchmark(title: str, command: str, table: str) -> None:
     section = f"\n### {title}\n\n- date: {stamp}\n- machine: {machine_description()}\n- command: `{command}`\n\n{table}\n"
     with LOG.open("a") as handle:
         handle.write(section)
+
+
+def run_fresh(code: str, *args: str) -> dict:
+    """Run ``code`` in a fresh Python process at the repository root (``sys.argv[1:]`` = ``args``, dynamo off), so
+    that its peak memory is its own; return the JSON object its last output line prints. Exits naming the step
+    (``args``' last) with the process's error output when it fails."""
+    env = {**os.environ, "TORCHDYNAMO_DISABLE": "1"}
+    done = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"the {args[-1]} step failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def free_port() -> int:

@@ -17,18 +17,14 @@ of RAM and 3.4 GB of disk in ``--folder``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import append_benchmark  # noqa: E402
+from bench.common import append_benchmark, run_fresh  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 MEASURE = """
 import json, resource, sys, torch
 torch.set_num_threads(1)
@@ -45,10 +41,7 @@ print(json.dumps({"peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxr
 
 
 def measure(preset: str, path: Path, step: str) -> int:
-    env = {**os.environ, "TORCHDYNAMO_DISABLE": "1"}
-    done = subprocess.run([sys.executable, "-c", MEASURE, preset, str(path), step], cwd=ROOT, env=env,
-                          capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])["peak_bytes"]
+    return run_fresh(MEASURE, preset, str(path), step)["peak_bytes"]
 
 
 def main(argv: list[str] | None = None) -> int:

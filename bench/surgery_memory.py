@@ -19,18 +19,14 @@ RAM to write the file (a built model and its copy) and 7 GB of disk in ``--folde
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import append_benchmark  # noqa: E402
+from bench.common import append_benchmark, run_fresh  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 MEASURE = """
 import json, resource, sys, time, torch
 torch.set_num_threads(1)
@@ -55,12 +51,7 @@ print(json.dumps({"peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxr
 
 
 def measure(preset: str, src: Path, dst: Path, step: str) -> dict:
-    env = {**os.environ, "TORCHDYNAMO_DISABLE": "1"}
-    done = subprocess.run([sys.executable, "-c", MEASURE, preset, str(src), str(dst), step], cwd=ROOT, env=env,
-                          capture_output=True, text=True)
-    if done.returncode:
-        raise SystemExit(f"the {step} step failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_fresh(MEASURE, preset, str(src), str(dst), step)
 
 
 def main(argv: list[str] | None = None) -> int:

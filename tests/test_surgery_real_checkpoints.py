@@ -17,25 +17,23 @@ import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
+from test_surgery import surgery_cli
 
-from common.errors import InputError, run_cli
+from common.errors import InputError
 from trainables.checkpoints.allowlist import Inert, metadata_globals
 from trainables.checkpoints.files import safe_torch_load
 from trainables.checkpoints.native import PREFIX, load_native
 from trainables.checkpoints.phase1 import LAYOUTS, training_metadata, write_phase1_checkpoint
-from trainables.checkpoints.surgery import build_skeleton, extra_path, main
+from trainables.checkpoints.surgery import build_skeleton, extra_path
 from trainables.model import build_model
 from trainables.resolution import global_attention_blocks
-
-
-def surgery_cli(src: Path, dst: Path, *extra: str) -> int:
-    return run_cli(main, [str(src), str(dst), "--preset", "tiny", *extra])
 
 
 @pytest.fixture(scope="module")
 def source():
     torch.set_num_threads(1)
     return build_model("tiny", seed=3)
+
 
 
 def converted_state(dst: Path) -> dict[str, torch.Tensor]:
