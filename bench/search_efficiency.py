@@ -47,7 +47,6 @@ import dataclasses
 import itertools
 import math
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -134,6 +133,8 @@ def train(values: dict[str, Any], keep: Path | None = None) -> list[dict]:
 
     ``keep``: where to copy the final checkpoint's weights (native format), if anywhere.
     """
+    from trainables.checkpoints.files import atomic_torch_save
+    from trainables.checkpoints.trial import read_model_state
     from trainables.config import TrialConfig
     from trainables.trial import run_trial
 
@@ -145,8 +146,7 @@ def train(values: dict[str, Any], keep: Path | None = None) -> list[dict]:
         rows.append({"step": float(metrics["step"]), "train_loss": float(metrics.get("train_loss", math.nan)),
                      **{k: float(metrics.get(k, math.nan)) for k in METRICS}})
         if keep is not None and checkpoint is not None and metrics["step"] == cfg.max_steps:
-            keep.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(checkpoint / "model.pt", keep)
+            atomic_torch_save(read_model_state(checkpoint), keep)  # whole, were its frozen part shared
 
     run_trial(cfg, report=report)
     return rows

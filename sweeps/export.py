@@ -1,7 +1,7 @@
 """Export the best checkpoint(s) of a finished (or interrupted) sweep, then prove the export loads.
 
     python -m sweeps.export EXPERIMENT_DIR --out DIR [--pick dice|ap75|pareto] [--overwrite]
-        [--optuna-journal FILE] [--study-name NAME]
+        [--optuna-journal FILE] [--study-name NAME] [--frozen-from FILE]
 
 Reads the experiment folder alone (no Ray cluster): Tune's per-trial histories through
 ``ExperimentAnalysis``; each row's ``checkpoint_path`` metric (put there by ``TuneReportCallback``) names
@@ -13,8 +13,13 @@ the Train checkpoint of that report. Picks:
 - ``pareto``: every trial of the sweep's Pareto front (:mod:`sweeps.results`, the Optuna study's front),
   each with its best-val_dice checkpoint, in its own subfolder ``OUT/<trial id>/``.
 
+A checkpoint whose frozen text encoder is shared with the trial's starting checkpoint
+(:mod:`trainables.checkpoints.frozen`) is made whole again: its frozen tensors are read from the starting
+checkpoint the sweep was given (``trial.checkpoint``), or from ``--frozen-from`` (a copy of it, e.g. on
+another machine), and used only if their SHA-256 digest is the one the checkpoint recorded.
+
 Each exported model folder is laid out as :mod:`trainables.checkpoints.exported` describes (``model.pt``
-bytes unchanged, ``trial_config.json``, ``metrics.json``, ``export.json``, ``MANIFEST.sha256``; in pareto
+bytes unchanged or made whole, ``trial_config.json``, ``metrics.json``, ``export.json``, ``MANIFEST.sha256``; in pareto
 mode ``OUT/MANIFEST.sha256`` covers every file below ``OUT``). OUT never overlaps the experiment folder or
 the journal, and ``--overwrite`` replaces only an earlier export (:mod:`common.outputs`). Everything is
 written to a temporary folder beside ``OUT``, verified (manifest, and
@@ -65,7 +70,15 @@ from trainables.checkpoints.exported import (  # noqa: E402
     verify_export,
     write_manifest,
 )
-from trainables.checkpoints.trial import METRICS_FILE, MODEL_FILE  # noqa: E402
+from trainables.checkpoints.files import atomic_torch_save  # noqa: E402
+from trainables.checkpoints.frozen import FrozenSource  # noqa: E402
+from trainables.checkpoints.trial import (  # noqa: E402
+    FROZEN_SOURCE_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    TRAINED_FILE,
+    read_model_state,
+)
 from trainables.config import TrialConfig  # noqa: E402
 
 PICKS = ("dice", "ap75", "pareto")
@@ -84,6 +97,7 @@ class ExportedModel:
     metrics: dict[str, Any]  # what the trial reported with this checkpoint (val_dice, val_ap75, step...)
     source_checkpoint: str
     check: LoadCheck
+    frozen_from: dict[str, str] | None = None  # where a shared frozen text encoder was read (and its digest)
 
     @property
     def model_path(self) -> Path:
@@ -118,28 +132,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--optuna-journal", help="pareto only: the study's journal file "
                         f"(default <experiment>/{JOURNAL_FILE}; required for URI storage)")
     parser.add_argument("--study-name", help="pareto only: the Optuna study (default: the experiment name)")
+    parser.add_argument("--frozen-from", help="a copy of the sweep's starting checkpoint (trial.checkpoint), "
+                        "read for the frozen text encoder instead of the path the sweep recorded (its digest must match)")
     args = parser.parse_args(argv)
     result = export_best(args.experiment_dir, args.out, pick=args.pick, overwrite=args.overwrite,
-                         optuna_journal=args.optuna_journal, study_name=args.study_name)
+                         optuna_journal=args.optuna_journal, study_name=args.study_name,
+                         frozen_from=args.frozen_from)
     print(format_result(result))
     return 0
 
 
 def export_best(experiment_dir: str | os.PathLike, out: str | os.PathLike, pick: str = "dice", *,
                 overwrite: bool = False, optuna_journal: str | None = None,
-                study_name: str | None = None) -> ExportResult:
+                study_name: str | None = None, frozen_from: str | os.PathLike | None = None) -> ExportResult:
     """Export the ``pick`` checkpoint(s) of a sweep to ``out`` and verify them; see the module docstring.
 
     Raises :class:`InputError` (nothing is left at ``out``) when the experiment folder is missing or has
     no reported validation metrics or no checkpoint, a checkpoint is missing or corrupt, or the export
-    does not verify. ``optuna_journal`` and ``study_name`` locate the study for ``pick="pareto"``.
+    does not verify. ``optuna_journal`` and ``study_name`` locate the study for ``pick="pareto"``;
+    ``frozen_from``: where to read a shared frozen text encoder (default: the recorded starting checkpoint).
     """
     if pick not in PICKS:
         raise InputError(f"pick {pick!r} is not one of {list(PICKS)}")
     experiment = str(experiment_dir)
     out = Path(out)
     check_apart({"--out": out}, {"EXPERIMENT_DIR": None if is_uri(experiment) else experiment,
-                                 "--optuna-journal": optuna_journal})
+                                 "--optuna-journal": optuna_journal, "--frozen-from": frozen_from})
     check_replaceable(out, overwrite=overwrite)
     fs, experiment_fs_path = experiment_filesystem(experiment)
     sweep = load_sweep(experiment, journal=optuna_journal, study_name=study_name)
@@ -153,7 +171,8 @@ def export_best(experiment_dir: str | os.PathLike, out: str | os.PathLike, pick:
         for choice in choices:
             folder = staging / choice.trial_id if pick == "pareto" else staging
             source = locate_checkpoint(fs, experiment_fs_path, choice.checkpoint_path)
-            models.append(_export_one(fs, source, choice, folder, experiment=experiment, pick=pick))
+            models.append(_export_one(fs, source, choice, folder, experiment=experiment, pick=pick,
+                                      frozen_from=frozen_from))
         if pick == "pareto":
             index = [{"trial_id": m.trial_id, "folder": m.trial_id, "step": m.step, METRIC: m.metrics.get(METRIC),
                       SECOND_OBJECTIVE: m.metrics.get(SECOND_OBJECTIVE)} for m in models]
@@ -202,7 +221,8 @@ def locate_checkpoint(fs: pyarrow.fs.FileSystem, experiment_fs_path: str, record
     recorded_posix = recorded.replace("\\", "/")  # Ray on Windows may record backslashes (Ray #37226)
     if f"/{TRAIN_RUNS}/" in recorded_posix:
         inside = f"{experiment_fs_path}/{TRAIN_RUNS}/{recorded_posix.rsplit(f'/{TRAIN_RUNS}/', 1)[1]}"
-        if fs.get_file_info(f"{inside}/{MODEL_FILE}").type == pyarrow.fs.FileType.File:
+        if any(fs.get_file_info(f"{inside}/{name}").type == pyarrow.fs.FileType.File
+               for name in (MODEL_FILE, TRAINED_FILE)):
             return inside
     raise InputError(f"checkpoint {recorded}: {MODEL_FILE} not found in the experiment folder {experiment_fs_path} "
                      f"(deleted by CheckpointConfig.num_to_keep, which keeps the best by {METRIC}, or the folder "
@@ -210,8 +230,9 @@ def locate_checkpoint(fs: pyarrow.fs.FileSystem, experiment_fs_path: str, record
 
 
 def _export_one(fs: pyarrow.fs.FileSystem, source: str, choice: CheckpointReport, folder: Path, *, experiment: str,
-                pick: str) -> ExportedModel:
-    """Copy one checkpoint's model into ``folder`` with its config, metrics, provenance and manifest; check it."""
+                pick: str, frozen_from: str | os.PathLike | None = None) -> ExportedModel:
+    """Copy one checkpoint's model into ``folder`` (made whole when its frozen part is shared) with its config,
+    metrics, provenance and manifest; check it."""
     folder.mkdir(parents=True, exist_ok=True)
     with fs.open_input_stream(f"{source}/{METRICS_FILE}") as f:
         try:
@@ -221,15 +242,14 @@ def _export_one(fs: pyarrow.fs.FileSystem, source: str, choice: CheckpointReport
         except (ValueError, KeyError, TypeError) as err:
             raise InputError(f"{source}/{METRICS_FILE}: not a trial checkpoint's metrics file ({err})") from None
     _check_same_report(source, metrics, choice)
-    source_sha = _copy(fs, f"{source}/{MODEL_FILE}", folder / MODEL_FILE)
-    if sha256_file(folder / MODEL_FILE) != source_sha:
-        raise InputError(f"{source}/{MODEL_FILE}: the copy differs from the source (changed while copying?)")
+    frozen = _copy_model(fs, source, folder, frozen_from)
     _write_json(folder / TRIAL_CONFIG_FILE, cfg.to_dict())
     _write_json(folder / METRICS_FILE, metrics)
     _write_json(folder / EXPORT_FILE, {
         "experiment": experiment, "trial_id": choice.trial_id, "pick": pick, "step": choice.step,
         METRIC: choice.val_dice, SECOND_OBJECTIVE: choice.val_ap75, "preset": cfg.preset,
         "resolution": cfg.resolution, "source_checkpoint": source, "recorded_checkpoint": choice.checkpoint_path,
+        "frozen_text_encoder_from": frozen,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "format": "sam3 native: {'detector.' + state_dict key: fp32 tensor}, RoPE tables at the preset's "
                   "native grid; build_model(preset), load_native, then set_resolution(resolution)",
@@ -240,7 +260,7 @@ def _export_one(fs: pyarrow.fs.FileSystem, source: str, choice: CheckpointReport
     except InputError as err:  # name the trial's file (the staged copy is byte-identical and goes away)
         raise InputError(str(err).replace(str(folder / MODEL_FILE), f"{source}/{MODEL_FILE}")) from None
     return ExportedModel(directory=folder, trial_id=choice.trial_id, step=choice.step, trial_config=cfg,
-                         metrics=metrics, source_checkpoint=source, check=check)
+                         metrics=metrics, source_checkpoint=source, check=check, frozen_from=frozen)
 
 
 def _check_same_report(source: str, metrics: Mapping[str, Any], choice: CheckpointReport) -> None:
@@ -249,6 +269,37 @@ def _check_same_report(source: str, metrics: Mapping[str, Any], choice: Checkpoi
         raise InputError(f"{source}: its {METRICS_FILE} ({TIME_ATTR} {metrics.get(TIME_ATTR)}, {METRIC} "
                          f"{metrics.get(METRIC)}) is not the picked report ({TIME_ATTR} {choice.step}, "
                          f"{METRIC} {choice.val_dice})")
+
+
+def _copy_model(fs: pyarrow.fs.FileSystem, source: str, folder: Path,
+                frozen_from: str | os.PathLike | None) -> dict[str, str] | None:
+    """Write the checkpoint's whole model to ``folder/model.pt``: its ``model.pt`` bytes unchanged, or its
+    trained part plus the digest-checked frozen tensors (then return where those came from, for export.json)."""
+    if fs.get_file_info(f"{source}/{MODEL_FILE}").type == pyarrow.fs.FileType.File:
+        _copy_checked(fs, f"{source}/{MODEL_FILE}", folder / MODEL_FILE)
+        return None
+    parts = folder / ".checkpoint-parts"
+    parts.mkdir()
+    for name in (TRAINED_FILE, FROZEN_SOURCE_FILE):
+        _copy_checked(fs, f"{source}/{name}", parts / name)
+    record = FrozenSource.read(parts / FROZEN_SOURCE_FILE)
+    try:
+        state = read_model_state(parts, frozen_from=frozen_from)
+    except InputError as err:  # name the trial's files (the staged copies go away)
+        raise InputError(str(err).replace(str(parts), source)) from None
+    atomic_torch_save(state, folder / MODEL_FILE)
+    del state
+    for name in (TRAINED_FILE, FROZEN_SOURCE_FILE):
+        (parts / name).unlink()
+    parts.rmdir()
+    return {"checkpoint": str(frozen_from or record.checkpoint), "sha256": record.sha256}
+
+
+def _copy_checked(fs: pyarrow.fs.FileSystem, source: str, target: Path) -> None:
+    """:func:`_copy`, then refuse a copy whose bytes differ from what was read."""
+    source_sha = _copy(fs, source, target)
+    if sha256_file(target) != source_sha:
+        raise InputError(f"{source}: the copy differs from the source (changed while copying?)")
 
 
 def _copy(fs: pyarrow.fs.FileSystem, source: str, target: Path) -> str:
@@ -277,6 +328,8 @@ def format_result(result: ExportResult) -> str:
         lines += [f"  {m.trial_id} step {m.step}: {METRIC}={m.metrics.get(METRIC)} "
                   f"{SECOND_OBJECTIVE}={m.metrics.get(SECOND_OBJECTIVE)}  preset {m.preset}, {m.resolution} px",
                   f"    {m.directory}  (from {m.source_checkpoint})",
+                  *([f"    frozen text encoder from {m.frozen_from['checkpoint']} (SHA-256 as recorded)"]
+                    if m.frozen_from else []),
                   f"    {m.check.format()}"]
     lines.append(f"verify later with: cd {result.out} && sha256sum -c {MANIFEST}")
     return "\n".join(lines)

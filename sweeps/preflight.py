@@ -80,12 +80,13 @@ def disk_budget(cfg: SweepConfig) -> DiskBudget:
     """Train keeps the ``checkpoint.num_to_keep`` best checkpoints of every trial, finished or stopped, and never
     deletes a trial's latest one (when it is not among the best, a trial keeps ``num_to_keep + 1``); it writes a
     new one before it deletes an old one; only a running trial's newest checkpoint keeps the optimizer state
-    (:mod:`sweeps.optimizer_state`); the export copies one model."""
+    (:mod:`sweeps.optimizer_state`); a frozen text encoder stays in the starting checkpoint
+    (:mod:`trainables.checkpoints.frozen`); the export writes one whole model."""
     from trainables.checkpoints.trial import estimated_bytes
     from trainables.model import PRESET_SIZES
 
     t = cfg.trial
-    one = estimated_bytes(t.preset, freeze_text_encoder=t.freeze_text_encoder)
+    one = estimated_bytes(t.preset, freeze_text_encoder=t.freeze_text_encoder, starting_checkpoint=bool(t.checkpoint))
     running = min(cfg.num_samples, local_concurrency(cfg))
     return DiskBudget(models=cfg.num_samples * (cfg.checkpoint.num_to_keep + 1) + running, model_bytes=one.model,
                       states=2 * running, state_bytes=one.trainer_state, export=PRESET_SIZES[t.preset].native_bytes)
@@ -124,7 +125,8 @@ def disk_problems(cfg: SweepConfig) -> list[str]:
     if budget.total <= free:
         return []
     freeze = ("" if cfg.trial.freeze_text_encoder else
-              ", set trial.freeze_text_encoder: true (no optimizer state for the text encoder)")
+              ", set trial.freeze_text_encoder: true (no optimizer state for the text encoder, and no copy of it in "
+            "the checkpoints of a trial that starts from trial.checkpoint)")
     return [f"storage_path: the sweep's checkpoints can reach {budget.describe(cfg)}, but {folder} has "
             f"{free / 1e9:.1f} GB free; lower num_samples or checkpoint.num_to_keep{freeze}, or free space"]
 

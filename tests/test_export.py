@@ -36,7 +36,8 @@ from sweeps.export import choose, export_best, locate_checkpoint, main
 from sweeps.stage2 import run_sweep
 from trainables.checkpoints.exported import MANIFEST, load_exported, load_with_sam3, verify_export
 from trainables.checkpoints.files import safe_torch_load
-from trainables.checkpoints.trial import load_model_weights
+from trainables.checkpoints.frozen import FrozenSource, frozen_part
+from trainables.checkpoints.trial import FROZEN_SOURCE_FILE, MODEL_FILE, TRAINED_FILE, load_model_weights
 from trainables.model import build_model
 from trainables.resolution import current_resolution
 
@@ -243,6 +244,54 @@ def test_a_corrupt_best_checkpoint_exits_2_and_leaves_no_out(experiment, tmp_pat
     err = capsys.readouterr().err
     assert str(broken) in err and "corrupt" in err
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["moved"]
+
+
+def share_frozen_part(checkpoint: Path, starting: Path) -> None:
+    """Rewrite a trial checkpoint as a trial started from ``starting`` with a frozen text encoder writes it:
+    ``model_trained.pt`` and the record of where its frozen tensors are (``starting`` gets them)."""
+    whole = safe_torch_load(checkpoint / MODEL_FILE)
+    torch.save(whole, starting)  # a starting checkpoint whose text encoder the trial kept
+    source = FrozenSource.of(starting)
+    torch.save({k: v for k, v in whole.items() if k not in frozen_part(whole)}, checkpoint / TRAINED_FILE)
+    source.write(checkpoint / FROZEN_SOURCE_FILE)
+    (checkpoint / MODEL_FILE).unlink()
+
+
+def test_a_checkpoint_that_shares_its_frozen_text_encoder_is_exported_whole(experiment, tmp_path, dice_export,
+                                                                            capsys):
+    moved = tmp_path / "moved" / experiment.name
+    shutil.copytree(experiment, moved)
+    checkpoint = moved / checkpoint_of(dice_export.out).relative_to(experiment)
+    starting = tmp_path / "weights" / "stage2_init.pt"
+    starting.parent.mkdir()
+    share_frozen_part(checkpoint, starting)
+
+    assert run_cli(main, [str(moved), "--out", str(tmp_path / "best")]) == 0
+    assert f"frozen text encoder from {starting}" in capsys.readouterr().out
+    exported = tmp_path / "best"
+    assert (exported / "model.pt").is_file() and not list(exported.glob("*trained*"))
+    original, whole = safe_torch_load(dice_export.out / "model.pt"), safe_torch_load(exported / "model.pt")
+    assert whole.keys() == original.keys() and all(torch.equal(whole[k], original[k]) for k in whole)
+    record = json.loads((exported / "export.json").read_text())["frozen_text_encoder_from"]
+    assert record == {"checkpoint": str(starting), "sha256": FrozenSource.of(starting).sha256}
+    verify_export(exported)
+
+    copy = tmp_path / "elsewhere" / "init.pt"  # the starting checkpoint moved: the sweep's path is gone
+    copy.parent.mkdir()
+    starting.rename(copy)
+    assert run_cli(main, [str(moved), "--out", str(tmp_path / "b2")]) == 2
+    assert "which is not there" in capsys.readouterr().err and not (tmp_path / "b2").exists()
+    assert run_cli(main, [str(moved), "--out", str(tmp_path / "b3"), "--frozen-from", str(copy)]) == 0
+    assert safe_torch_load(tmp_path / "b3" / "model.pt").keys() == original.keys()
+
+    changed = safe_torch_load(copy)
+    key = next(iter(frozen_part(changed)))
+    changed[key] = changed[key] * 2
+    torch.save(changed, copy)
+    assert run_cli(main, [str(moved), "--out", str(tmp_path / "b4"), "--frozen-from", str(copy)]) == 2
+    err = capsys.readouterr().err
+    assert "is not the one this checkpoint was trained with" in err and str(checkpoint) in err
+    assert not (tmp_path / "b4").exists()
 
 
 def test_a_checkpoint_deleted_from_the_experiment_and_its_recorded_place_is_refused(tmp_path):

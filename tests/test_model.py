@@ -13,6 +13,7 @@ import torch
 from sam3.model.sam3_image import Sam3Image
 
 from common.errors import InputError
+from trainables.checkpoints.frozen import frozen_part
 from trainables.checkpoints.native import native_state_dict
 from trainables.model import PRESET_SIZES, bpe_path, build_model, freeze_text_encoder, param_groups
 from trainables.resolution import current_resolution
@@ -221,7 +222,9 @@ def test_full_preset_is_exactly_sam3s_builder_and_has_no_non_finite_tensor():
     size = PRESET_SIZES["full"]
     assert size.parameters == reference_count
     assert size.text_encoder == sum(p.numel() for p in model.backbone.language_backbone.parameters())
-    assert size.native_bytes == sum(v.numel() * v.element_size() for v in native_state_dict(model).values())
+    native = native_state_dict(model)
+    assert size.native_bytes == sum(v.numel() * v.element_size() for v in native.values())
+    assert size.text_encoder_bytes == sum(v.numel() * v.element_size() for v in frozen_part(native).values())
     assert current_resolution(model) == 1008 and model.training and model.matcher is not None
     assert_only_causal_mask_is_not_finite(model)
 
@@ -231,4 +234,6 @@ def test_the_tiny_presets_recorded_size_is_the_built_models():
     size = PRESET_SIZES["tiny"]
     assert size.parameters == sum(p.numel() for p in tiny.parameters())
     assert size.text_encoder == sum(p.numel() for p in tiny.backbone.language_backbone.parameters())
-    assert size.native_bytes == sum(v.numel() * v.element_size() for v in native_state_dict(tiny).values())
+    native = native_state_dict(tiny)
+    assert size.native_bytes == sum(v.numel() * v.element_size() for v in native.values())
+    assert size.text_encoder_bytes == sum(v.numel() * v.element_size() for v in frozen_part(native).values())

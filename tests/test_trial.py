@@ -6,6 +6,8 @@ Specification:
   the final one holds the optimizer state a resume needs;
 - a run interrupted at a checkpoint and resumed ends bit-identical to an uninterrupted run (same step,
   learning rate, optimizer state and weights);
+- a frozen text encoder is not copied into checkpoints but referred to in the starting checkpoint, with its
+  digest: a resume reads it back exactly, and refuses a starting checkpoint that moved or changed;
 - a non-finite loss stops the trial with ``diverged=True`` and no new checkpoint;
 - under Ray, 2 Gloo workers train one trial, report val Dice and AP75 at least twice, write a
   checkpoint, and the training loss falls.
@@ -22,8 +24,20 @@ import torch
 
 from common.errors import InputError
 from trainables.checkpoints.files import safe_torch_load
-from trainables.checkpoints.trial import MODEL_FILE, STATE_FILE, load_trainer_state
+from trainables.checkpoints.frozen import FROZEN_PREFIX, FrozenSource, frozen_part
+from trainables.checkpoints.native import save_native
+from trainables.checkpoints.trial import (
+    FROZEN_SOURCE_FILE,
+    MODEL_FILE,
+    STATE_FILE,
+    TRAINED_FILE,
+    load_trainer_state,
+    read_model_state,
+    save_trial_checkpoint,
+)
 from trainables.config import TrialConfig
+from trainables.model import build_model
+from trainables.optim import build_optimizer, build_scheduler
 from trainables.trial import run_trial
 
 FAST = dict(lr_transformer=1e-3, lr_vision=1e-3, lr_language=1e-3, warmup_steps=2, grad_clip=1.0,
@@ -142,16 +156,106 @@ def test_a_checkpoint_without_optimizer_state_cannot_resume_a_trial_with_steps_l
                   report=Recorder(tmp_path / "longer"))
 
 
-def test_a_checkpoints_size_on_disk_is_what_the_disk_budget_estimates(synthetic_dataset, tmp_path):
+@pytest.fixture()
+def starting_checkpoint(tmp_path) -> Path:
+    """A native starting checkpoint of the tiny preset (what weight surgery writes)."""
+    path = tmp_path / "start" / "stage2_init.pt"
+    path.parent.mkdir()
+    save_native(build_model("tiny", seed=3), path)
+    return path
+
+
+@pytest.mark.parametrize("freeze,start", [(False, False), (True, False), (False, True), (True, True)])
+def test_a_checkpoints_size_on_disk_is_what_the_disk_budget_estimates(synthetic_dataset, tmp_path, freeze, start,
+                                                                      starting_checkpoint):
     from trainables.checkpoints.trial import estimated_bytes
 
-    for freeze in (False, True):
-        recorder = Recorder(tmp_path / str(freeze))
-        run_trial(trial_config(synthetic_dataset, max_steps=2, val_every=1, val_max_images=1,
-                               freeze_text_encoder=freeze), report=recorder)
-        resumable, final = recorder.checkpoints
-        expected = estimated_bytes("tiny", freeze_text_encoder=freeze)
-        assert (resumable / MODEL_FILE).stat().st_size == pytest.approx(expected.model, rel=0.05), freeze
-        # AdamW keeps state only for parameters that received a gradient: the estimate is an upper bound
-        assert 0.9 * expected.trainer_state <= (resumable / STATE_FILE).stat().st_size <= expected.trainer_state
-        assert not (final / STATE_FILE).exists()
+    recorder = Recorder(tmp_path / "run")
+    run_trial(trial_config(synthetic_dataset, max_steps=2, val_every=1, val_max_images=1, freeze_text_encoder=freeze,
+                           checkpoint=str(starting_checkpoint) if start else None), report=recorder)
+    resumable, final = recorder.checkpoints
+    expected = estimated_bytes("tiny", freeze_text_encoder=freeze, starting_checkpoint=start)
+    weights = resumable / (TRAINED_FILE if freeze and start else MODEL_FILE)
+    assert weights.stat().st_size == pytest.approx(expected.model, rel=0.05)
+    # AdamW keeps state only for parameters that received a gradient: the estimate is an upper bound
+    assert 0.9 * expected.trainer_state <= (resumable / STATE_FILE).stat().st_size <= expected.trainer_state
+    assert not (final / STATE_FILE).exists()
+
+
+def test_a_frozen_text_encoder_is_referred_to_in_the_starting_checkpoint_not_copied(synthetic_dataset, tmp_path,
+                                                                                     starting_checkpoint):
+    recorder = Recorder(tmp_path / "run")
+    run_trial(trial_config(synthetic_dataset, max_steps=2, val_every=1, val_max_images=1, freeze_text_encoder=True,
+                           checkpoint=str(starting_checkpoint)), report=recorder)
+    start = safe_torch_load(starting_checkpoint)
+    for checkpoint in recorder.checkpoints:
+        assert not (checkpoint / MODEL_FILE).exists()
+        trained = safe_torch_load(checkpoint / TRAINED_FILE)
+        assert trained and not frozen_part(trained), "no frozen tensor is written"
+        record = FrozenSource.read(checkpoint / FROZEN_SOURCE_FILE)
+        assert record.checkpoint == str(starting_checkpoint) and record.tensors == len(frozen_part(start))
+        whole = read_model_state(checkpoint)
+        assert whole.keys() == start.keys()
+        assert all(torch.equal(whole[k], start[k]) for k in frozen_part(start))
+        assert all(torch.equal(whole[k], trained[k]) for k in trained)
+    assert any(not torch.equal(trained[k], start[k]) for k in trained), "the trained part did train"
+
+
+def test_a_trial_that_trains_its_text_encoder_or_starts_from_random_weights_writes_the_whole_model(
+        synthetic_dataset, tmp_path, starting_checkpoint):
+    for name, overrides in {"trained text": dict(freeze_text_encoder=False, checkpoint=str(starting_checkpoint)),
+                            "random start": dict(freeze_text_encoder=True, checkpoint=None)}.items():
+        recorder = Recorder(tmp_path / name)
+        run_trial(trial_config(synthetic_dataset, max_steps=1, val_every=1, val_max_images=1, **overrides),
+                  report=recorder)
+        (checkpoint,) = recorder.checkpoints
+        assert (checkpoint / MODEL_FILE).is_file() and not (checkpoint / TRAINED_FILE).exists(), name
+        assert frozen_part(safe_torch_load(checkpoint / MODEL_FILE)), name
+
+
+def test_frozen_tensors_that_changed_are_saved_in_full(synthetic_dataset, tmp_path, starting_checkpoint):
+    """The worker shares only what its digest proves equal: a text encoder changed by anything is written."""
+    cfg = trial_config(synthetic_dataset, freeze_text_encoder=True, checkpoint=str(starting_checkpoint))
+    model = build_model("tiny", seed=3)
+    optimizer = build_optimizer(model, cfg)
+    source = FrozenSource.of(starting_checkpoint)
+    unchanged = save_trial_checkpoint(tmp_path / "same", model, optimizer, build_scheduler(optimizer, cfg), 1, {},
+                                      cfg.to_dict(), frozen=source)
+    assert (unchanged / TRAINED_FILE).is_file() and not (unchanged / MODEL_FILE).exists()
+    with torch.no_grad():
+        next(model.backbone.language_backbone.parameters()).view(-1)[0] += 1e-6
+    changed = save_trial_checkpoint(tmp_path / "changed", model, optimizer, build_scheduler(optimizer, cfg), 1, {},
+                                    cfg.to_dict(), frozen=source)
+    assert (changed / MODEL_FILE).is_file() and not (changed / TRAINED_FILE).exists()
+
+
+def test_resuming_a_checkpoint_that_shares_its_frozen_part_continues_exactly(synthetic_dataset, tmp_path,
+                                                                            starting_checkpoint):
+    cfg = trial_config(synthetic_dataset, max_steps=4, val_every=2, freeze_text_encoder=True,
+                       checkpoint=str(starting_checkpoint))
+    straight, first_half, resumed = straight_interrupted_and_resumed(cfg, tmp_path)
+    assert (first_half.checkpoints[0] / TRAINED_FILE).is_file()
+    a, b = read_model_state(straight.checkpoints[-1]), read_model_state(resumed.checkpoints[-1])
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.reports[-1]["train_loss"] == straight.reports[-1]["train_loss"]
+
+
+def test_a_starting_checkpoint_that_moved_or_changed_is_refused_on_resume(synthetic_dataset, tmp_path,
+                                                                         starting_checkpoint):
+    cfg = trial_config(synthetic_dataset, max_steps=2, val_every=1, val_max_images=1, freeze_text_encoder=True,
+                       checkpoint=str(starting_checkpoint))
+    recorder = Recorder(tmp_path / "run")
+    run_trial(cfg, report=recorder)
+    first = recorder.checkpoints[0]
+    moved = starting_checkpoint.with_name("elsewhere.pt")
+    starting_checkpoint.rename(moved)
+    with pytest.raises(InputError, match=r"starting checkpoint .*stage2_init\.pt, which is not there"):
+        run_trial(cfg, resume_from=first, report=Recorder(tmp_path / "resumed"))
+    assert read_model_state(first, frozen_from=moved).keys() == safe_torch_load(moved).keys()  # a named copy
+
+    state = safe_torch_load(moved)
+    key = next(k for k in state if k.startswith(FROZEN_PREFIX))
+    state[key] = state[key] + 1e-6
+    torch.save(state, starting_checkpoint)  # a different file under the recorded name
+    with pytest.raises(InputError, match="is not the one this checkpoint was trained with"):
+        run_trial(cfg, resume_from=first, report=Recorder(tmp_path / "resumed-2"))

@@ -42,11 +42,12 @@ class PresetSize:
     parameters: int  # every parameter
     text_encoder: int  # the language backbone's parameters (what freeze_text_encoder freezes)
     native_bytes: int  # the tensor bytes of its native checkpoint (parameters, RoPE tables, buffers)
+    text_encoder_bytes: int  # the part of native_bytes that is the language backbone (parameters and buffers)
 
 
 #: Counted on the built models; tests/test_model.py checks each against a fresh build.
-PRESET_SIZES = {"full": PresetSize(840_509_750, 353_724_672, 3_371_476_184),
-                "tiny": PresetSize(4_308_190, 3_300_160, 17_314_680)}
+PRESET_SIZES = {"full": PresetSize(840_509_750, 353_724_672, 3_371_476_184, 1_414_898_688),
+                "tiny": PresetSize(4_308_190, 3_300_160, 17_314_680, 13_200_640)}
 
 # state_dict prefixes of the three learning-rate groups (SAM3 fine-tunes each at its own rate)
 VISION_PREFIX = "backbone.vision_backbone."

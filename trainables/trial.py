@@ -5,7 +5,8 @@ the benchmarks run in a bare process. The order of events is fixed by SAM3's res
 
 build model (native grid) -> load weights (resume checkpoint, else the surgered Phase 1 file) ->
 set_resolution -> DDP -> optimizer/scheduler (restored on resume) -> train -> validate every
-``val_every`` steps -> report metrics with a checkpoint (resumable, except the final one).
+``val_every`` steps -> report metrics with a checkpoint (resumable, except the final one; a frozen text
+encoder is not copied into it but referred to in the starting checkpoint: :mod:`trainables.checkpoints.frozen`).
 
 A non-finite loss on any rank stops the trial on every rank with ``diverged=True`` and no checkpoint,
 so the last good checkpoint stays the trial's latest.
@@ -30,6 +31,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from trainables.checkpoints.frozen import FrozenSource
 from trainables.checkpoints.native import load_native
 from trainables.checkpoints.trial import (
     load_model_weights,
@@ -192,6 +194,8 @@ def run_trial(cfg: TrialConfig, *, rank: int = 0, world_size: int = 1, device: t
     configure_model(model, cfg)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg)
+    # A frozen text encoder is the starting checkpoint's: rank 0's checkpoints refer to it instead of copying it
+    frozen = FrozenSource.of(cfg.checkpoint) if rank == 0 and cfg.freeze_text_encoder and cfg.checkpoint else None
     step, state = 0, None
     if resume_from is not None:
         state = load_trainer_state(resume_from)
@@ -243,7 +247,8 @@ def run_trial(cfg: TrialConfig, *, rank: int = 0, world_size: int = 1, device: t
                 checkpoint = None
                 if rank == 0:
                     checkpoint = save_trial_checkpoint(Path(tmp), model, optimizer, scheduler, step,
-                                                       metrics, cfg.to_dict(), resumable=step < cfg.max_steps)
+                                                       metrics, cfg.to_dict(), resumable=step < cfg.max_steps,
+                                                       frozen=frozen)
                 report(metrics, checkpoint)
             window.clear()
             window_parts.clear()

@@ -2,7 +2,8 @@
 
 An exported model folder (written by :mod:`sweeps.export`) holds:
 
-- ``model.pt``: the trial checkpoint's native-format file (:mod:`trainables.checkpoints.native`), bytes unchanged;
+- ``model.pt``: the trial checkpoint's native-format file (:mod:`trainables.checkpoints.native`), bytes unchanged,
+  or made whole from its trained part and its starting checkpoint's frozen text encoder (:mod:`.frozen`);
 - ``trial_config.json``: the :class:`~trainables.config.TrialConfig` that trained it;
 - ``metrics.json``: what the trial reported with that checkpoint (``step`` included);
 - ``export.json``: provenance (experiment, trial, pick, source checkpoint, date);

@@ -149,16 +149,29 @@ def load_native(model: nn.Module, path: str | os.PathLike, *, allow_missing: Seq
     meanwhile (the starting checkpoint, not a Train checkpoint that ``num_to_keep`` may remove). A model whose
     tensors are on the meta device (a skeleton: weight surgery's strict check) takes them the same way.
     """
+    assign = map_file and can_assign(model)
+    return load_native_state(model, safe_torch_load(path, mmap=assign), str(path), allow_missing=allow_missing,
+                             assign=assign)
+
+
+def can_assign(model: nn.Module) -> bool:
+    """True when ``model``'s tensors can be replaced by loaded ones (on the CPU or the meta device)."""
+    return all(t.device.type in ("cpu", "meta") for t in _unwrap(model).state_dict().values())
+
+
+def load_native_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str, *,
+                      allow_missing: Sequence[str] = (), assign: bool = False) -> LoadReport:
+    """:func:`load_native` of a native state already read (``source`` names it in errors); ``assign``: the
+    model takes the state's tensors themselves (see :func:`can_assign`) instead of copying them."""
     target = _unwrap(model)
-    assign = map_file and all(t.device.type in ("cpu", "meta") for t in target.state_dict().values())
-    state = strip_native_prefix(safe_torch_load(path, mmap=assign), str(path))
+    state = strip_native_prefix(state, source)
     report = compare_state(model, state, allow_missing=allow_missing)
     if not report.ok:
-        raise InputError(f"{path}: does not match the model", report.problems())
+        raise InputError(f"{source}: does not match the model", report.problems())
     tables = native_rope_tables(target)
     wrong_rope = [k for k, table in tables.items() if not torch.allclose(state[k], table, atol=1e-5)]
     if wrong_rope:
-        raise InputError(f"{path}: RoPE tables differ from sam3's own at the native grid (a plain RoPE formula "
+        raise InputError(f"{source}: RoPE tables differ from sam3's own at the native grid (a plain RoPE formula "
                          f"without sam3's interpolation?)", wrong_rope)
     weights = {k: v for k, v in state.items() if k not in tables}
     target.load_state_dict(weights, strict=False, assign=assign)
