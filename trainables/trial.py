@@ -243,6 +243,8 @@ def run_trial(cfg: TrialConfig, *, rank: int = 0, world_size: int = 1, device: t
             metrics.update(step=step, epoch=step * accum / len(train_loader),
                            diverged=False, lr=scheduler.get_last_lr()[0], seconds_per_step=seconds_per_step,
                            val_seconds=val_seconds, elapsed_s=time.perf_counter() - trial_start)
+            if device.type == "cuda":  # this worker's peak, for sizing trials to cards (bench/driver_gpu.py)
+                metrics["gpu_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
             with tempfile.TemporaryDirectory() as tmp:
                 checkpoint = None
                 if rank == 0:
