@@ -8,11 +8,11 @@
    synthetic predictions of realistic size: ``--size`` px images (512: ARCADE's) with 8 of the
    14 CASS segments present as thin strokes, every prompt answered with the validation pass's
    ``MAX_DETS_PER_PROMPT`` kept queries (the same for every preset: the full model's 200 queries are cut
-   to these before scoring). Scoring runs on the CPU, in GPU trials too. ``process`` (mostly RLE encoding)
-   is timed on row-major masks (the baseline: what the validation pass handed over before) and on
-   column-major ones (what it hands over now); ``evaluate`` with pycocotools (the baseline) and, if
-   faster-coco-eval is installed (``pip install faster-coco-eval``), with its COCOeval in its place. Each
-   variant must give its baseline's metrics (to 1e-9) to count.
+   to these before scoring; ``--dets 200`` prices keeping them all). Scoring runs on the CPU, in GPU trials
+   too. ``process`` (mostly RLE encoding) is timed on row-major masks (the baseline: what the validation
+   pass handed over before) and on column-major ones (what it hands over now); ``evaluate`` with
+   pycocotools (the baseline) and, if faster-coco-eval is installed (``pip install faster-coco-eval``), with
+   its COCOeval in its place. Each variant must give its baseline's metrics (to 1e-9) to count.
 2. **Share of a trial**: a tiny-preset trial (``bench.learning.SETTINGS``) in this process on a synthetic set
    (224 px images, ``--val`` of them for validation), validating every ``--val-every`` steps. Its own reports
    give the time of the training steps (``seconds_per_step``) and of each validation (``val_seconds``);
@@ -340,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
     parser.add_argument("--images", type=int, default=8, help="scoring: validation images")
     parser.add_argument("--size", type=int, default=512, help="scoring: image side in px")
-    parser.add_argument("--dets", type=int, default=MAX_DETS_PER_PROMPT, help="scoring: kept queries per prompt")
+    parser.add_argument("--dets", type=int, default=MAX_DETS_PER_PROMPT,
+                        help="scoring: kept queries per prompt (200: all of the full model's)")
     parser.add_argument("--device", default=None, help="scoring: where predictions are made (default: cuda if "
                                                        "available, else cpu)")
     parser.add_argument("--steps", type=int, default=400, help="trial: training steps")

@@ -5,7 +5,9 @@ Specification (sam3's own inference post-processing, ``sam3/model/sam3_image_pro
   kept, best first;
 - its mask is the low-resolution mask logits resized bilinearly to the image's original (height, width),
   thresholded at 0, for non-square images too;
-- each mask reaches the host column-major (pycocotools' RLE layout), so encoding it needs no copy.
+- each mask reaches the host column-major (pycocotools' RLE layout), so encoding it needs no copy;
+- validation keeps each prompt's ``MAX_DETS_PER_PROMPT`` best queries, and exactly these reach COCOeval, whose
+  ``maxDets`` is that number (``trainables.metrics``' docstring).
 """
 
 from __future__ import annotations
@@ -103,3 +105,46 @@ def test_batched_validation_predicts_each_image_as_one_image_batches_do(syntheti
     for key, p in one.items():
         np.testing.assert_allclose(batched[key].scores, p.scores, rtol=1e-4, atol=1e-6)
         assert (batched[key].masks != p.masks).mean() < 1e-3  # a pixel may flip where a logit is ~0
+
+
+def test_validation_hands_cocoeval_exactly_max_dets_per_prompt_queries_per_prompt(synthetic_dataset, monkeypatch):
+    """model -> ``predict`` -> ``CassEvaluator``, from a model with more queries than are kept: every prompt's
+    ``MAX_DETS_PER_PROMPT`` best queries, no more, are what COCOeval ranks, and its ``maxDets`` is that number."""
+    import sam3.model.decoder
+
+    from trainables import metrics
+    from trainables.config import TrialConfig
+    from trainables.data import build_loader
+    from trainables.evaluate import validate
+    from trainables.inference import MAX_DETS_PER_PROMPT
+    from trainables.metrics import CassEvaluator
+    from trainables.model import build_model
+
+    class MoreQueries(sam3.model.decoder.TransformerDecoder):
+        def __init__(self, **kwargs):
+            super().__init__(**{**kwargs, "num_queries": 2 * MAX_DETS_PER_PROMPT})
+
+    runs = []
+
+    class RecordedCOCOeval(metrics.COCOeval):
+        def evaluate(self):
+            super().evaluate()
+            runs.append(self)
+
+    monkeypatch.setattr(sam3.model.decoder, "TransformerDecoder", MoreQueries)
+    monkeypatch.setattr(metrics, "COCOeval", RecordedCOCOeval)
+    model = build_model("tiny", seed=0)
+    assert model.transformer.decoder.num_queries == 2 * MAX_DETS_PER_PROMPT
+    loader = build_loader(TrialConfig(**synthetic_dataset.trial_fields()), "val")
+    evaluator = CassEvaluator(loader.dataset.coco_gt())
+
+    metrics_out = validate(model, loader, evaluator, torch.device("cpu"))
+
+    assert metrics_out["val_num_images"] == 4 and len(runs) == 1
+    pairs = evaluator.state().pairs
+    assert len(pairs) == 4 * 14 and {len(r.detections) for r in pairs.values()} == {MAX_DETS_PER_PROMPT}
+    (coco_eval,) = runs
+    assert coco_eval.params.maxDets == [MAX_DETS_PER_PROMPT]
+    all_areas = [e for e in coco_eval.evalImgs if e is not None and e["aRng"] == coco_eval.params.areaRng[0]]
+    assert len(all_areas) == 4 * 14 and {len(e["dtIds"]) for e in all_areas} == {MAX_DETS_PER_PROMPT}
+    assert f":data:`MAX_DETS_PER_PROMPT`, {MAX_DETS_PER_PROMPT}:" in metrics.__doc__  # the number the docs state

@@ -21,7 +21,7 @@ from pycocotools.cocoeval import COCOeval
 
 from common.errors import InputError
 from data_prep.cass import BY_SHORT_NAME, CASS_CATEGORIES
-from trainables.metrics import CassEvaluator, PromptPrediction, auroc
+from trainables.metrics import MAX_DETS_PER_PROMPT, CassEvaluator, PromptPrediction, auroc
 
 SIZE = 32
 RCA, MID, LAD = BY_SHORT_NAME["proximal_rca"].id, BY_SHORT_NAME["mid_rca"].id, BY_SHORT_NAME["proximal_lad"].id
@@ -269,13 +269,17 @@ def test_mask_layout_and_dtype_do_not_change_the_metrics():
     assert all(same(a[k], b[k]) for b in (evaluate(column_major), evaluate(as_uint8)) for k in a)
 
 
-def test_max_dets_per_prompt_keeps_the_top_queries():
+def test_max_dets_per_prompt_keeps_the_top_queries_by_default_max_dets_per_prompt():
+    k = MAX_DETS_PER_PROMPT
     q = perfect()
-    q[1, RCA] = [(rect(0, 2, 0, 2), 0.95)] * 100 + [(GT_MASKS[1, RCA], 0.9)]  # the right mask is query 101
-    kept_all = evaluate(predictions(q), max_dets_per_prompt=101)
-    kept_100 = evaluate(predictions(q), max_dets_per_prompt=100)
-    assert kept_all["val_ap75/proximal_rca"] > kept_100["val_ap75/proximal_rca"]
-    assert kept_all["val_dice/proximal_rca"] == kept_100["val_dice/proximal_rca"]  # Dice uses all queries >= threshold
+    q[1, RCA] = [(rect(0, 2, 0, 2), 0.95)] * k + [(GT_MASKS[1, RCA], 0.9)]  # the right mask is query k + 1
+    kept_all = evaluate(predictions(q), max_dets_per_prompt=k + 1)
+    kept_k = evaluate(predictions(q))
+    assert CassEvaluator(gt_dict()).max_dets_per_prompt == k
+    assert kept_all["val_ap75/proximal_rca"] > kept_k["val_ap75/proximal_rca"]
+    assert kept_all["val_dice/proximal_rca"] == kept_k["val_dice/proximal_rca"]  # Dice uses all queries >= threshold
+    with pytest.raises(ValueError, match="max_dets_per_prompt 0 must be >= 1"):
+        CassEvaluator(gt_dict(), max_dets_per_prompt=0)
 
 
 def test_every_category_must_be_prompted():

@@ -33,9 +33,12 @@ def evaluate_across_ranks(evaluator: CassEvaluator) -> dict[str, float]:
 
 @torch.no_grad()
 def validate(model: nn.Module, loader, evaluator: CassEvaluator, device: torch.device) -> dict[str, float]:
-    """Score ``model`` (unwrapped, not DDP) on this rank's validation batches; metrics of all ranks."""
+    """Score ``model`` (unwrapped, not DDP) on this rank's validation batches; metrics of all ranks.
+
+    Each prompt keeps the evaluator's ``max_dets_per_prompt`` best queries, the number COCOeval counts.
+    """
     evaluator.reset()
-    for predictions in predict(model, loader, device):
+    for predictions in predict(model, loader, device, evaluator.max_dets_per_prompt):
         evaluator.process(predictions)
     return evaluate_across_ranks(evaluator)
 

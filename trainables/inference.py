@@ -3,7 +3,9 @@ overlays and prediction on new images share.
 
 Predictions follow sam3's own inference post-processing (``sam3/model/sam3_image_processor.py``): a
 query's score is ``sigmoid(pred_logits) * sigmoid(presence_logit_dec)`` and its mask is the low-res
-mask logits resized bilinearly to the original image size, thresholded at 0.5.
+mask logits resized bilinearly to the original image size, thresholded at 0.5. Each prompt keeps its
+:data:`MAX_DETS_PER_PROMPT` highest-scoring queries (defined in :mod:`trainables.metrics`, whose evaluator
+counts exactly these for AP; the reason for the number is there), for validation and new images alike.
 """
 
 from __future__ import annotations
@@ -15,9 +17,8 @@ import torch.nn.functional as F
 from sam3.model.utils.misc import copy_data_to_device
 from torch import nn
 
-from trainables.metrics import PromptPrediction
+from trainables.metrics import MAX_DETS_PER_PROMPT, PromptPrediction
 
-MAX_DETS_PER_PROMPT = 20  # highest-scoring queries kept per (image, prompt) for AP; the rest score ~0
 # Rows (image x prompt) resized at once. On a GPU one image's prompts, one resize and one copy to the host
 # (faster than the per-row loop on an H200); on the CPU one row, whose float masks stay in cache (resizing 14
 # at once was slower there). Measured by bench/eval_cost.py: BENCHMARKS.md, "Validation cost".
@@ -64,8 +65,10 @@ def predictions_from_output(out: dict, metadata, max_dets: int = MAX_DETS_PER_PR
 
 
 @torch.no_grad()
-def predict(model: nn.Module, batches: Iterable, device: torch.device | str) -> Iterator[list[PromptPrediction]]:
-    """Run ``model`` (unwrapped, not DDP) in eval mode over sam3 ``batches``; yield each batch's predictions.
+def predict(model: nn.Module, batches: Iterable, device: torch.device | str,
+            max_dets: int = MAX_DETS_PER_PROMPT) -> Iterator[list[PromptPrediction]]:
+    """Run ``model`` (unwrapped, not DDP) in eval mode over sam3 ``batches``; yield each batch's predictions,
+    each prompt's ``max_dets`` highest-scoring queries.
 
     The model's train/eval mode is restored when the iteration ends (or is closed early).
     """
@@ -74,6 +77,6 @@ def predict(model: nn.Module, batches: Iterable, device: torch.device | str) -> 
     try:
         for batch in batches:
             batch = copy_data_to_device(batch, device, non_blocking=True)
-            yield predictions_from_output(final_output(model(batch)), batch.find_metadatas[0])
+            yield predictions_from_output(final_output(model(batch)), batch.find_metadatas[0], max_dets)
     finally:
         model.train(was_training)

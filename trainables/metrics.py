@@ -22,10 +22,13 @@ Conventions (the metric keys are stable; they become Ray / W&B keys):
   ground truth, score = the prompt's presence probability if given, else its maximum query score (0 with
   no queries). Ties count one half (rank statistic). nan when only one class occurs.
 * ``val_ap``, ``val_ap50``, ``val_ap75`` and ``val_ap75/<short_name>``: pycocotools' COCOeval (segm)
-  on every kept query as a COCO result, over the evaluated images only. COCOeval's ``maxDets`` caps
-  detections per image *per category* (``evaluateImg`` keeps the top ``maxDet`` of one (image,
-  category)), so it is set to ``max_dets_per_prompt`` (default 200, SAM3's query count: every query
-  counts). A category with no ground truth in the evaluated images has no AP (COCOeval's -1): its
+  on every kept query as a COCO result, over the evaluated images only. A prompt keeps its
+  ``max_dets_per_prompt`` highest-scoring queries (default :data:`MAX_DETS_PER_PROMPT`, 20: the top-k of
+  ``trainables.inference``, which makes the predictions of validation, the report's overlays and
+  prediction on new images), and COCOeval's ``maxDets``, which caps detections per image *per category*
+  (``evaluateImg`` keeps the top ``maxDet`` of one (image, category)), is set to that same number: every
+  kept query counts (in validation, Dice, presence and AP see the same queries). A category with no
+  ground truth in the evaluated images has no AP (COCOeval's -1): its
   ``val_ap75/<short_name>`` is nan and it is left out of ``val_ap*``: its false positives are invisible
   to AP (those on images without the category still count as ranked false positives when other
   images have it). Dice and ``val_fp_absent_rate`` see every false positive.
@@ -66,6 +69,20 @@ from data_prep.cass import BY_ID, CASS_CATEGORIES
 
 RLE = dict  # a COCO run-length encoding: {"size": [H, W], "counts": bytes | str}
 
+MAX_DETS_PER_PROMPT = 20
+"""Queries kept per (image, prompt), highest scores first: the one setting behind the inference loop's top-k
+(``trainables.inference`` imports it from here; prediction on new images imports it from there), the
+evaluator's default ``max_dets_per_prompt`` and so COCOeval's ``maxDets``.
+
+The top 20, not all of the full model's 200 queries: a CASS segment occurs at most once per image, so past a
+prompt's best few queries the rest are duplicates or background, which sam3's one-to-one matching trains
+towards a score of 0. Keeping all 200 makes scoring
+an image an order of magnitude slower and its gathered state ten times larger, and AP was no higher with them
+on the model measured (BENCHMARKS.md, "Validation cost", queries kept). sam3's own processor
+(``sam3/model/sam3_image_processor.py``) keeps every query above its confidence threshold; thresholding these
+20 differs from it only where more than 20 queries of one prompt pass the threshold.
+"""
+
 
 @dataclass(frozen=True)
 class PromptPrediction:
@@ -93,6 +110,19 @@ class PairRecord:
     detections: tuple[tuple[RLE, float], ...]  # kept queries (mask, score), highest score first
 
 
+@dataclass(frozen=True)
+class PairFigures:
+    """One (image, category) pair's figures (:meth:`CassEvaluator.pair_figures`), e.g. for a bootstrap."""
+
+    image_id: int
+    category_id: int
+    gt_area: int  # |G|; 0: the category is absent from the image
+    intersection: int  # |P ∩ G|, P the thresholded prediction (as for ``val_dice``)
+    pred_area: int  # |P|
+    presence_score: float
+    matched_dice: float  # best single-query Dice, no threshold; nan when absent
+
+
 @dataclass
 class EvaluatorState:
     """A :class:`CassEvaluator`'s accumulated records; gather these and :meth:`~CassEvaluator.merge`."""
@@ -107,14 +137,16 @@ class CassEvaluator:
 
     ``coco_gt``: the validation COCO (a dict, deep-copied, or a ``COCO``, used as is: COCOeval rewrites
     its annotations' segmentations as RLE). Its category ids must be CASS ids (``data_prep.cass``).
-    ``max_dets_per_prompt``: queries kept per prompt for AP, highest scores first (>= 100, COCO's default).
+    ``max_dets_per_prompt``: queries kept per prompt for AP, highest scores first, and COCOeval's ``maxDets``
+    (default :data:`MAX_DETS_PER_PROMPT`, what the validation pass keeps).
     """
 
-    def __init__(self, coco_gt: dict | COCO, score_threshold: float = 0.5, max_dets_per_prompt: int = 200) -> None:
+    def __init__(self, coco_gt: dict | COCO, score_threshold: float = 0.5,
+                 max_dets_per_prompt: int = MAX_DETS_PER_PROMPT) -> None:
         if not 0.0 <= score_threshold <= 1.0:
             raise ValueError(f"score_threshold {score_threshold!r} must lie in [0, 1]")
-        if max_dets_per_prompt < 100:
-            raise ValueError(f"max_dets_per_prompt {max_dets_per_prompt!r} must be >= 100 (COCO's default)")
+        if max_dets_per_prompt < 1:
+            raise ValueError(f"max_dets_per_prompt {max_dets_per_prompt!r} must be >= 1")
         self.coco_gt = coco_gt if isinstance(coco_gt, COCO) else _coco_from_dict(copy.deepcopy(coco_gt))
         self.score_threshold = float(score_threshold)
         self.max_dets_per_prompt = int(max_dets_per_prompt)
@@ -168,14 +200,7 @@ class CassEvaluator:
         Raises ``ValueError`` if some processed image misses a prompt for one of the ground truth's
         categories: every category must be asked on every image, absent ones included.
         """
-        pairs = self._state.pairs
-        image_ids = sorted({image_id for image_id, _ in pairs})
-        missing = [(i, c) for i in image_ids for c in self.category_ids if (i, c) not in pairs]
-        if missing:
-            raise ValueError(
-                f"{len(missing)} (image, category) prompts were never predicted, e.g. {missing[:5]}; "
-                "prompt every category on every validation image, absent ones included"
-            )
+        image_ids = self.evaluated_image_ids()
         metrics = {"val_num_images": float(len(image_ids))}
         metrics.update(self._dice_presence_metrics(image_ids))
         metrics.update(self._ap_metrics(image_ids))
@@ -211,17 +236,8 @@ class CassEvaluator:
         return metrics
 
     def _ap_metrics(self, image_ids: list[int]) -> dict[str, float]:
-        results = [
-            {"image_id": image_id, "category_id": category_id, "segmentation": rle, "score": score}
-            for (image_id, category_id), record in self._state.pairs.items()
-            for rle, score in record.detections
-        ]
+        coco_eval = self.coco_eval(image_ids)
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-            coco_eval = COCOeval(self.coco_gt, _coco_results(self.coco_gt, results), iouType="segm")
-            coco_eval.params.imgIds = image_ids
-            coco_eval.params.catIds = self.category_ids
-            coco_eval.params.maxDets = [1, 10, self.max_dets_per_prompt]
-            coco_eval.evaluate()
             coco_eval.accumulate()
         # COCOeval.summarize() hard-codes maxDets=100 for the overall AP, so read the means it would
         # print from eval["precision"]: [IoU thresholds, recall points, categories, area ranges, maxDets],
@@ -238,6 +254,54 @@ class CassEvaluator:
         for c in CASS_CATEGORIES:
             metrics[f"val_ap75/{c.short_name}"] = per_category.get(c.id, math.nan)
         return metrics
+
+    def evaluated_image_ids(self) -> list[int]:
+        """The processed images, sorted; ``ValueError`` if one misses a prompt for a ground-truth category."""
+        pairs = self._state.pairs
+        image_ids = sorted({image_id for image_id, _ in pairs})
+        missing = [(i, c) for i in image_ids for c in self.category_ids if (i, c) not in pairs]
+        if missing:
+            raise ValueError(
+                f"{len(missing)} (image, category) prompts were never predicted, e.g. {missing[:5]}; "
+                "prompt every category on every validation image, absent ones included"
+            )
+        return image_ids
+
+    def coco_eval(self, image_ids: list[int]) -> COCOeval:
+        """pycocotools' segm COCOeval of the kept queries over ``image_ids``, ``evaluate()``d (not accumulated):
+        the per-(image, category) matches behind ``val_ap*``, e.g. for a bootstrap over images."""
+        results = [
+            {"image_id": image_id, "category_id": category_id, "segmentation": rle, "score": score}
+            for (image_id, category_id), record in self._state.pairs.items()
+            for rle, score in record.detections
+        ]
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+            coco_eval = COCOeval(self.coco_gt, _coco_results(self.coco_gt, results), iouType="segm")
+            coco_eval.params.imgIds = image_ids
+            coco_eval.params.catIds = self.category_ids
+            coco_eval.params.maxDets = [self.max_dets_per_prompt]  # the kept queries, all of them
+            coco_eval.evaluate()
+        return coco_eval
+
+    def pair_figures(self) -> list[PairFigures]:
+        """Per (image, category) pair of the evaluated images (image-major, categories in id order): what the
+        metrics are computed from, plus the matched Dice (the best Dice of any single kept query against the
+        ground truth; nan for an absent category, 0 for a present one without queries)."""
+        figures = []
+        for image_id in self.evaluated_image_ids():
+            for category_id in self.category_ids:
+                record = self._state.pairs[image_id, category_id]
+                gt = self._gt_union.get((image_id, category_id))
+                gt_area = self._gt_area.get((image_id, category_id), 0)
+                matched = math.nan
+                if gt_area > 0:
+                    best_iou = 0.0
+                    if record.detections:
+                        best_iou = float(np.max(mask_utils.iou([rle for rle, _ in record.detections], [gt], [0])))
+                    matched = 2.0 * best_iou / (1.0 + best_iou)  # Dice = 2 IoU / (1 + IoU), monotone in IoU
+                figures.append(PairFigures(image_id, category_id, gt_area, record.intersection, record.pred_area,
+                                           record.presence_score, matched))
+        return figures
 
     # --- one prompt ----------------------------------------------------------------------------------
 
