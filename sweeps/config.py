@@ -93,6 +93,7 @@ class SyntheticConfig:
 
     train: int = 8
     val: int = 4
+    test: int = 0  # held-out images (annotations/test.json, for python -m sweeps.evaluate); 0: none
     size: int = 224
     seed: int = 0
 

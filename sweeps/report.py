@@ -1,13 +1,15 @@
 """The sweep report: one self-contained HTML page (``index.html`` + PNG figures beside it) of a finished sweep.
 
     python -m sweeps.report EXPERIMENT_DIR --out DIR [--export DIR] [--journal FILE] [--study NAME] [--overwrite]
+        [--evaluation DIR]
 
 It reads what the driver (``sweeps/stage2.py``) left in the experiment directory: Tune's per-trial results
 (``ray.tune.ExperimentAnalysis``) and the Optuna study in ``optuna_journal.log`` (trial states, the Pareto
 front, parameter importances). It never trains; only the overlays run a model, the exported best checkpoint
 (``--export``, see :mod:`sweeps.overlays`). Figures: Pareto front, best-so-far ``val_dice`` against
 compute, parallel coordinates, parameter importances, learning curves, per-category Dice/AP75 of the best
-trial, overlays. A figure that cannot be made is replaced by a note saying why.
+trial, overlays, and the export's held-out evaluation when it has been evaluated (``--evaluation``: the
+folder ``python -m sweeps.evaluate`` wrote). A figure that cannot be made is replaced by a note saying why.
 
 The sweep is read by :func:`sweeps.results.load_sweep`, whose rules the page follows: a trial's
 ``val_dice``/``val_ap75`` are its LAST report (what Optuna was told); its status is Optuna's, else Tune's; the
@@ -18,8 +20,11 @@ from that checkpoint's report.
 from __future__ import annotations
 
 import argparse
+import csv
 import html
+import json
 import math
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -178,15 +183,29 @@ def plot_parallel_coordinates(sweep: SweepResults, path: Path) -> None:
 
 
 def param_importances(study: optuna.Study) -> dict[str, dict[str, float]]:
-    """Optuna's default (PED-ANOVA) importance of each hyperparameter per objective (COMPLETE trials only)."""
+    """Optuna's default (PED-ANOVA) importance of each hyperparameter per objective (COMPLETE trials only):
+    how much each one matters for reaching the objective's best values, in the study's own direction.
+
+    PED-ANOVA ranks trials by ``target`` as if lower were better whenever a ``target`` is given (and warns
+    so); both objectives here are maximised, so each is scored on a single-objective copy of the study that
+    keeps its direction, with no ``target``.
+    """
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if len(complete) < 2:
         raise FigureUnavailable(f"parameter importances need at least 2 completed trials; this sweep has "
                                 f"{len(complete)}")
     importances = {}
     for index, objective in enumerate((METRIC, SECOND_OBJECTIVE)):
+        verbosity = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created in memory" line
         try:
-            importances[objective] = get_param_importances(study, target=lambda t, i=index: t.values[i])
+            one_objective = optuna.create_study(direction=study.directions[index])
+        finally:
+            optuna.logging.set_verbosity(verbosity)
+        one_objective.add_trials([optuna.trial.create_trial(params=t.params, distributions=t.distributions,
+                                                            value=t.values[index]) for t in complete])
+        try:
+            importances[objective] = get_param_importances(one_objective)
         except (ValueError, RuntimeError) as err:
             raise FigureUnavailable(f"Optuna could not compute importances for {objective}: {err}") from None
     if not any(importances.values()):
@@ -272,6 +291,7 @@ class Section:
     caption: str
     images: list[str]
     note: str | None = None
+    html: str | None = None  # a table or other markup shown after the title (already escaped)
 
 
 FIGURES: list[tuple[str, str, Callable[[SweepResults, Path], None], str]] = [
@@ -323,6 +343,81 @@ def overlay_section(export_dir: Path | None, out_dir: Path, max_images: int) -> 
     if not paths:
         return Section(title, caption, [], note=f"the validation set of {export_dir} has no images")
     return Section(title, caption, [p.name for p in paths])
+
+
+def evaluation_section(evaluation_dir: Path) -> Section:
+    """The held-out evaluation of the export (``python -m sweeps.evaluate``'s ``evaluation_<split>.json`` files in
+    ``evaluation_dir``, test first): each figure with its 95% bootstrap interval, per segment, and the Stage 2
+    targets met or not; a note when there is none."""
+    title = "Held-out evaluation of the exported checkpoint"
+    caption = "python -m sweeps.evaluate; mean [95% bootstrap interval]"
+    files = sorted(Path(evaluation_dir).glob("evaluation_*.json"), key=lambda p: (p.stem != "evaluation_test", p.name))
+    if not files:
+        return Section(title, caption, [], note=f"{evaluation_dir} holds no evaluation_<split>.json (run python -m "
+                       "sweeps.evaluate EXPORT_DIR --split test)")
+    parts = []
+    for path in files:
+        try:
+            result = json.loads(path.read_text(encoding="utf-8"))
+            parts.append(_evaluation_html(result))
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            return Section(title, caption, [], note=f"cannot read {path}: {err}")
+    return Section(title, caption, [], html="\n".join(parts))
+
+
+def predictions_section(predictions_dir: Path, out_dir: Path, max_images: int) -> Section:
+    """Predictions on new images (``python -m sweeps.predict``'s ``--out``): up to ``max_images`` of its overlays,
+    copied beside the page, and the segments found per image (its ``segments.csv``); a note when there are none."""
+    from sweeps.predict import SEGMENTS_FILE
+
+    title = "Predictions on new angiograms"
+    caption = (f"python -m sweeps.predict on {predictions_dir}: each image beside the segments found (queries scoring "
+               "at least the threshold), the legend giving each segment's best score; no ground truth.")
+    table = Path(predictions_dir) / SEGMENTS_FILE
+    try:
+        with open(table, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as err:
+        return Section(title, caption, [], note=f"cannot read {table}: {err} (run python -m sweeps.predict)")
+    images = []
+    for row in rows[:max_images]:
+        name = f"predicted_{Path(row['overlay']).name}"
+        shutil.copyfile(Path(predictions_dir) / row["overlay"], out_dir / name)
+        images.append(name)
+    esc = html.escape
+    lines = ["<tr><th>image</th><th>segments found</th></tr>"]
+    lines += [f"<tr><td>{esc(row['file_name'])}</td><td>{esc(row['segments'].replace(';', ', ') or '(none)')}</td></tr>"
+              for row in rows]
+    return Section(title, caption + f" {len(rows)} image(s); {len(images)} shown.", images,
+                   html="<table>\n" + "\n".join(lines) + "\n</table>")
+
+
+def _evaluation_html(result: dict) -> str:
+    """One split's evaluation as HTML: a summary line, the targets, the overall and per-segment tables."""
+    from sweeps.evaluate import format_estimate as cell
+    from sweeps.evaluate import format_target
+
+    b, figures = result["bootstrap"], result["figures"]
+    esc = html.escape
+    out = [f"<h3>{esc(result['split'])} split</h3>",
+           f"<p>{result['images']} images ({b['units']} {esc(b['unit'])}s) of <code>{esc(result['dataset'])}</code>; "
+           f"intervals from {b['resamples']} bootstrap resamples of {esc(b['unit'])}s. Thresholded Dice is the "
+           "deployment figure (validation's val_dice); matched Dice is the training logs' (best query, no "
+           "threshold).</p>", "<ul>"]
+    out += [f"<li>{esc(format_target(t))}</li>" for t in result["targets"]]
+    out.append("</ul>")
+    rows = ["<tr><th>figure</th><th>all</th><th>what it is</th></tr>"]
+    rows += [f"<tr><td>{esc(e['label'])}</td><td>{esc(cell(e['all']))}</td><td>{esc(e['description'])}</td></tr>"
+             for e in figures.values()]
+    out.append("<table>\n" + "\n".join(rows) + "\n</table>")
+    segmented = [e for e in figures.values() if "per_category" in e]
+    if segmented:
+        rows = ["<tr><th>segment</th>" + "".join(f"<th>{esc(e['label'])}</th>" for e in segmented) + "</tr>"]
+        for category in segmented[0]["per_category"]:
+            rows.append(f"<tr><td>{esc(category)}</td>" + "".join(
+                f"<td>{esc(cell(e['per_category'][category]))}</td>" for e in segmented) + "</tr>")
+        out.append("<table>\n" + "\n".join(rows) + "\n</table>")
+    return "\n".join(out)
 
 
 def _fmt(value: Any) -> str:
@@ -378,6 +473,8 @@ def render_html(sweep: SweepResults, sections: Sequence[Section]) -> str:
         parts.append(f"<h2>{html.escape(s.title)}</h2>")
         if s.note:
             parts.append(f'<p class="note">Not available: {html.escape(s.note)}</p>')
+        if s.html:
+            parts.append(s.html)
         for image in s.images:
             parts.append(f'<figure><img src="{html.escape(image)}" alt="{html.escape(s.title)}">'
                          f"<figcaption>{html.escape(s.caption)}</figcaption></figure>")
@@ -387,22 +484,31 @@ def render_html(sweep: SweepResults, sections: Sequence[Section]) -> str:
 
 def build_report(experiment_dir: str | Path, out_dir: str | Path, *, export_dir: str | Path | None = None,
                  journal: str | Path | None = None, study_name: str | None = None,
-                 overlay_images: int = 4, overwrite: bool = False) -> Path:
+                 overlay_images: int = 4, overwrite: bool = False,
+                 evaluation_dir: str | Path | None = None, predictions_dir: str | Path | None = None) -> Path:
     """Write ``index.html`` and its figures into the folder ``out_dir``; return the page's path.
 
     ``out_dir`` never overlaps the sweep, the export or the journal; it is built beside its place and renamed
     there at the end, replacing an earlier report only with ``overwrite`` (:mod:`common.outputs`).
+    ``evaluation_dir``: the export's held-out evaluation (``python -m sweeps.evaluate``'s ``--out``), shown
+    when given (:func:`evaluation_section`); ``predictions_dir``: ``python -m sweeps.predict``'s ``--out``
+    (:func:`predictions_section`).
     """
     if overlay_images < 0:
         raise InputError(f"--overlay-images {overlay_images}: must be >= 0")
     out_dir = Path(out_dir)
     check_apart({"--out": out_dir}, {"EXPERIMENT_DIR": None if is_uri(str(experiment_dir)) else experiment_dir,
-                                     "--export": export_dir, "--journal": journal})
+                                     "--export": export_dir, "--journal": journal, "--evaluation": evaluation_dir,
+                                     "--predictions": predictions_dir})
     check_replaceable(out_dir, overwrite=overwrite)
     sweep = load_sweep(experiment_dir, journal=journal, study_name=study_name)
     with staged_folder(out_dir, overwrite=overwrite, command="python -m sweeps.report") as staging:
         sections = [make_figure(sweep, staging, *figure) for figure in FIGURES]
         sections.append(overlay_section(Path(export_dir) if export_dir else None, staging, overlay_images))
+        if evaluation_dir is not None:
+            sections.append(evaluation_section(Path(evaluation_dir)))
+        if predictions_dir is not None:
+            sections.append(predictions_section(Path(predictions_dir), staging, overlay_images))
         (staging / "index.html").write_text(render_html(sweep, sections), encoding="utf-8")
     return out_dir / "index.html"
 
@@ -416,10 +522,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--journal", help=f"the Optuna journal (default <experiment_dir>/{JOURNAL_FILE})")
     parser.add_argument("--study", help="the Optuna study name (default: the journal's only study)")
     parser.add_argument("--overlay-images", type=int, default=4, help="validation images to overlay")
+    parser.add_argument("--evaluation", help="the export's held-out evaluation folder (python -m sweeps.evaluate)")
+    parser.add_argument("--predictions", help="predictions on new images to show (python -m sweeps.predict --out)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it is an earlier report")
     args = parser.parse_args(argv)
     page = build_report(args.experiment_dir, args.out, export_dir=args.export, journal=args.journal,
-                        study_name=args.study, overlay_images=args.overlay_images, overwrite=args.overwrite)
+                        study_name=args.study, overlay_images=args.overlay_images, overwrite=args.overwrite,
+                        evaluation_dir=args.evaluation, predictions_dir=args.predictions)
     print(f"report: {page}")
     return 0
 

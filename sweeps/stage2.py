@@ -140,7 +140,7 @@ def prepare_dataset(cfg: SweepConfig) -> None:
     from data_prep.synthetic import generate_dataset
 
     s = cfg.dataset.synthetic
-    generate_dataset(cfg.dataset.paths.root, n_train=s.train, n_val=s.val, size=s.size, seed=s.seed,
+    generate_dataset(cfg.dataset.paths.root, n_train=s.train, n_val=s.val, size=s.size, seed=s.seed, n_test=s.test,
                      overwrite=True)  # replaces only an incomplete dataset this project wrote
 
 

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -304,3 +305,23 @@ def test_a_headless_browser_renders_the_page_with_its_figures(report, tmp_path):
     assert pixels.std() > 10
     # the figures rendered: plenty of saturated (non-grey) pixels, which text and tables alone lack
     assert ((pixels.max(axis=2) - pixels.min(axis=2)) > 60).mean() > 0.01
+
+
+def test_importances_name_the_parameter_that_reaches_each_objectives_high_values():
+    """Known answer: val_dice exceeds 0.8 only where ``a`` > 0.8 and val_ap75 only where ``b`` > 0.8; below
+    that, each is set by the other parameter. Both are maximised, so ``a`` matters for val_dice and ``b`` for
+    val_ap75 (scored in the minimising direction, the low values, the answer would be the other way round)."""
+    rng = np.random.default_rng(0)
+    unit = optuna.distributions.FloatDistribution(0.0, 1.0)
+    study = optuna.create_study(directions=["maximize", "maximize"])
+    for a, b in rng.uniform(size=(100, 2)):
+        values = [a if a > 0.8 else 0.8 * b, b if b > 0.8 else 0.8 * a]
+        study.add_trial(optuna.trial.create_trial(params={"a": a, "b": b}, distributions={"a": unit, "b": unit},
+                                                  values=values))
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        importances = param_importances(study)
+
+    assert importances["val_dice"]["a"] > 0.8 and importances["val_ap75"]["b"] > 0.8
+    assert not [w for w in caught if "low `target` values" in str(w.message)]
