@@ -6,7 +6,8 @@ that model on the first validation images through validation's own inference loo
 (:func:`trainables.inference.predict`: sam3's score ``sigmoid(logits) * presence``, masks at the original size).
 A category's predicted mask is the union of its queries scoring ``>= score_threshold`` (the Dice
 convention of :mod:`trainables.metrics`). :func:`compose_overlay` draws one image as
-``[ground truth | prediction | legend]`` below a header strip of :data:`HEADER_PX` pixels.
+``[ground truth | prediction | legend]`` below a header strip of :data:`HEADER_PX` pixels; an image without
+annotations (:mod:`sweeps.predict`) as ``[image | prediction | legend]``, the legend giving each segment's score.
 """
 
 from __future__ import annotations
@@ -44,13 +45,17 @@ ALPHA = 0.55  # opacity of a painted mask
 
 @dataclass(frozen=True)
 class ImageMasks:
-    """One validation image (H, W, 3 uint8) with boolean (H, W) masks per CASS id, true and predicted."""
+    """One validation image (H, W, 3 uint8) with boolean (H, W) masks per CASS id, true and predicted.
+
+    ``ground_truth`` None: an image without annotations (its left panel is the plain image); ``scores``: each
+    predicted segment's score, written beside its name in the legend (segments without one in grey)."""
 
     image_id: int
     file_name: str
     image: np.ndarray
-    ground_truth: dict[int, np.ndarray]
+    ground_truth: dict[int, np.ndarray] | None
     prediction: dict[int, np.ndarray]
+    scores: dict[int, float] | None = None
 
 
 def rgb(colour: str) -> tuple[int, int, int]:
@@ -72,19 +77,23 @@ def compose_overlay(item: ImageMasks) -> Image.Image:
     height, width = item.image.shape[:2]
     font_px = max(10, min(height // 18, 24))
     font = ImageFont.load_default(size=font_px)
-    legend_width = 12 * font_px
+    legend_width = (12 if item.scores is None else 15) * font_px
     canvas = Image.new("RGB", (2 * width + legend_width, HEADER_PX + max(height, 15 * (font_px + 4))), "white")
-    canvas.paste(Image.fromarray(paint(item.image, item.ground_truth)), (0, HEADER_PX))
+    canvas.paste(Image.fromarray(paint(item.image, item.ground_truth or {})), (0, HEADER_PX))
     canvas.paste(Image.fromarray(paint(item.image, item.prediction)), (width, HEADER_PX))
     draw = ImageDraw.Draw(canvas)
     title_font = ImageFont.load_default(size=14)
-    draw.text((4, 4), f"ground truth: {item.file_name}", fill="black", font=title_font)
+    title = item.file_name if item.ground_truth is None else f"ground truth: {item.file_name}"
+    draw.text((4, 4), title, fill="black", font=title_font)
     draw.text((width + 4, 4), "prediction", fill="black", font=title_font)
     for row, category in enumerate(CASS_CATEGORIES):
         top = HEADER_PX + row * (font_px + 4)
         left = 2 * width + 6
         draw.rectangle((left, top, left + font_px, top + font_px), fill=SEGMENT_COLOURS[category.id])
-        draw.text((left + font_px + 4, top), category.short_name, fill="black", font=font)
+        score = None if item.scores is None else item.scores.get(category.id)
+        label = category.short_name if score is None else f"{category.short_name} {score:.2f}"
+        colour = "black" if item.scores is None or score is not None else "#999999"
+        draw.text((left + font_px + 4, top), label, fill=colour, font=font)
     return canvas
 
 

@@ -12,6 +12,8 @@ checkpoints, sweep folders, output places) and runs one of the entry points a us
     python sweeps/stage2.py             --config X --dry-run
     python -m sweeps.export             EXPERIMENT_DIR --out DIR
     python -m sweeps.report             EXPERIMENT_DIR --out FILE
+    python -m sweeps.evaluate           EXPORT_DIR --split test
+    python -m sweeps.predict            EXPORT_DIR INPUT --out DIR
 
 and checks the same contract for all of them: exit status 2; ONE error (one ``error:`` line with at most one
 top-level ``  - `` item; no traceback) that names the file and the field or place that is wrong; and no
@@ -45,7 +47,7 @@ from PIL import Image
 from common.errors import run_cli
 from data_prep import cass, convert_images, create_coco_cass, remap, synthetic, validate
 from data_prep.layout import DatasetPaths
-from sweeps import export, ray_compat, report, stage2
+from sweeps import evaluate, export, predict, ray_compat, report, stage2
 from trainables.checkpoints import surgery
 from trainables.checkpoints.native import save_native
 from trainables.checkpoints.phase1 import write_phase1_checkpoint
@@ -53,7 +55,8 @@ from trainables.model import build_model
 
 CLIS = {"validate": validate.main, "surgery": surgery.main, "stage2": stage2.main, "export": export.main,
         "report": report.main, "synthetic": synthetic.main, "create_coco_cass": create_coco_cass.main,
-        "remap": remap.main, "convert_images": convert_images.main}
+        "remap": remap.main, "convert_images": convert_images.main, "evaluate": evaluate.main,
+        "predict": predict.main}
 LOCAL_SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "local.yaml"
 
 
@@ -406,6 +409,33 @@ def _run_labelled_past_its_last_frame(ws: Workspace):
             run, ["frame 7 is out of range", "3 frame(s)"])
 
 
+def _export_folder(ws: Workspace) -> Path:
+    """An export folder as sweeps/export.py writes it: the tiny native model, its trial config (on the workspace's
+    dataset, which has no test split) and the manifest."""
+    from trainables.checkpoints.exported import write_manifest
+    from trainables.config import TrialConfig
+
+    folder = ws.path("best")
+    folder.mkdir()
+    shutil.move(ws.native(), folder / "model.pt")
+    config = TrialConfig(**ws.dataset().trial_fields(), preset="tiny", resolution=112)
+    (folder / "trial_config.json").write_text(json.dumps(config.to_dict()))
+    write_manifest(folder)
+    return folder
+
+
+def _evaluate_changed_export(ws: Workspace, change: Callable[[Path], None], *fragments: str):
+    folder = _export_folder(ws)
+    shutil.copy(ws.dataset().val_json, ws.dataset().test_json)  # a test split, so only the export is wrong
+    change(folder)
+    return [str(folder), "--split", "test"], folder, list(fragments)
+
+
+def _evaluate_without_test_split(ws: Workspace):
+    folder = _export_folder(ws)
+    return [str(folder), "--split", "test"], ws.dataset().test_json, ["no test split", "--test-fraction"]
+
+
 ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
     f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
     f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n"
@@ -608,7 +638,45 @@ CASES: dict[str, Case] = {
         ws, {99: "catheter"}, None, "category id 99 'catheter'", "--drop-unmapped")),
     "remap: --map names an unknown CASS category": Case("remap", "coco", lambda ws: _remap(
         ws, {}, "proximal_rca: proximal_rcx\n", "key 'proximal_rca'", "'proximal_rcx' is not a CASS category")),
+    # exported models (python -m sweeps.evaluate): the manifest must verify
+    "evaluate: an export folder without its manifest": Case("evaluate", "checkpoint", lambda ws: (
+        _evaluate_changed_export(ws, lambda f: (f / "MANIFEST.sha256").unlink(), "not an export folder"))),
+    "evaluate: an export with a changed file": Case("evaluate", "checkpoint", lambda ws: _evaluate_changed_export(
+        ws, lambda f: (f / "trial_config.json").write_text("{}"), "trial_config.json", "sha256 differs")),
+    "evaluate: a dataset without test.json": Case("evaluate", "coco", _evaluate_without_test_split),
+    # new angiograms through an exported model (python -m sweeps.predict EXPORT_DIR INPUT --out DIR)
+    "predict: export folder without its manifest": Case("predict", "checkpoint", lambda ws: _predict(
+        ws, lambda export: (export / "MANIFEST.sha256").unlink(), "no MANIFEST.sha256")),
+    "predict: exported model.pt changed after the export": Case("predict", "checkpoint", lambda ws: _predict(
+        ws, lambda export: (export / "model.pt").open("ab").write(b"\0"), "model.pt: sha256 differs")),
+    "predict: INPUT folder holding no image": Case("predict", "image", lambda ws: _predict_input(
+        ws, {"notes.txt": b"a text file"}, None, "holds no image", "notes.txt")),
+    "predict: INPUT's only image is not an image": Case("predict", "image", lambda ws: _predict_input(
+        ws, {"frame.png": b"not a PNG"}, "frame.png", "none of its 1 image file(s) can be read")),
+    "predict: --out inside INPUT": Case("predict", "output", lambda ws: _predict_input(
+        ws, {"frame.png": b"never read"}, None, "lies inside INPUT", out="angiograms/predicted")),
 }
+
+
+def _predict(ws: Workspace, damage: Callable[[Path], object], *fragments: str):
+    """``predict EXPORT_DIR angiograms --out predicted`` with the export broken by ``damage``."""
+    export_dir, angiograms = _export_folder(ws), ws.path("angiograms")
+    angiograms.mkdir()
+    shutil.copy(ws.first_image(), angiograms / "frame.png")
+    damage(export_dir)
+    return [str(export_dir), str(angiograms), "--out", str(ws.path("predicted"))], export_dir, list(fragments)
+
+
+def _predict_input(ws: Workspace, files: dict[str, bytes], named: str | None, *fragments: str,
+                   out: str = "predicted"):
+    """``predict EXPORT_DIR angiograms --out OUT``, ``angiograms`` holding ``files`` (``named``: the file the
+    message must name; default the folder)."""
+    export_dir, angiograms = _export_folder(ws), ws.path("angiograms")
+    angiograms.mkdir()
+    for name, content in files.items():
+        (angiograms / name).write_bytes(content)
+    return ([str(export_dir), str(angiograms), "--out", str(ws.path(out))],
+            angiograms / named if named else angiograms, list(fragments))
 
 
 def listing(root: Path) -> dict[str, int]:

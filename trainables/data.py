@@ -51,7 +51,13 @@ import torch
 from sam3.model.data_misc import BatchedDatapoint
 from sam3.train.data.coco_json_loaders import COCO_FROM_JSON
 from sam3.train.data.collator import collate_fn_api
-from sam3.train.data.sam3_image_dataset import CustomCocoDetectionAPI, Datapoint
+from sam3.train.data.sam3_image_dataset import (
+    CustomCocoDetectionAPI,
+    Datapoint,
+    FindQueryLoaded,
+    InferenceMetadata,
+)
+from sam3.train.data.sam3_image_dataset import Image as Sam3Image
 from sam3.train.transforms.basic import get_random_resize_scales
 from sam3.train.transforms.basic_for_api import (
     ColorJitter,
@@ -281,3 +287,35 @@ def build_loader(cfg: TrialConfig, split: str, *, rank: int = 0, world_size: int
     batch_size = cfg.val_batch_size if split == "val" and cfg.val_batch_size else cfg.batch_size
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn,
                       num_workers=num_workers, generator=generator)
+
+
+def unlabelled_datapoint(image, image_id: int, categories: Sequence[dict]) -> Datapoint:
+    """An image without annotations (a PIL RGB image; a new angiogram) as the ``Datapoint`` that
+    :class:`CassDataset`'s loader makes of a COCO image with no instance (sam3's ``COCO_FROM_JSON`` +
+    ``CustomCocoDetectionAPI.load_queries``, ``training=False``): one negative query per COCO ``categories``
+    entry, in id order, its ``name`` as the text, carrying ``image_id``, the category id and the original
+    ``(height, width)`` for :func:`trainables.inference.predictions_from_output`. Untransformed: see
+    :func:`unlabelled_batch`."""
+    width, height = image.size
+    queries = [FindQueryLoaded(
+        query_text=category["name"], image_id=0, object_ids_output=[], is_exhaustive=True, query_processing_order=0,
+        input_bbox=None, input_bbox_label=None, input_points=None, is_pixel_exhaustive=True,
+        inference_metadata=InferenceMetadata(coco_image_id=image_id, original_image_id=image_id,
+                                             original_category_id=category["id"], original_size=(height, width),
+                                             object_id=-1, frame_index=-1))
+        for category in sorted(categories, key=lambda c: c["id"])]
+    return Datapoint(find_queries=queries, images=[Sam3Image(data=image, objects=[], size=(height, width))])
+
+
+def unlabelled_batch(images: Sequence[tuple[int, object]], resolution: int,
+                     categories: Sequence[dict]) -> BatchedDatapoint:
+    """``(image_id, PIL RGB image)`` pairs without annotations as one validation batch: each image asks every
+    category (:func:`unlabelled_datapoint`) and goes through :func:`val_transforms` and :func:`collate`, as a
+    :func:`build_loader` ``val`` batch does (what :mod:`sweeps.predict` feeds
+    :func:`trainables.inference.predict`)."""
+    transforms = val_transforms(resolution)
+    datapoints = []
+    for image_id, image in images:
+        with _seeded_rng(0):  # the transforms draw from the global RNGs (a one-size choice): leave them as they were
+            datapoints.append(transforms(unlabelled_datapoint(image, image_id, categories), epoch=0))
+    return collate(datapoints)
