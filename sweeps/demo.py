@@ -8,7 +8,10 @@
 3. the local sweep (``sweeps/configs/local.yaml``: Ray Tune + Optuna + ASHA, 2 Gloo workers per trial)
    starting from the surgered weights;
 4. export of the best checkpoint, re-evaluated on the validation set (must match the reported Dice);
-5. the HTML sweep report.
+5. the export evaluated on the held-out test split, which nothing was chosen on (``sweeps.evaluate``: 95%
+   bootstrap intervals, the Stage 2 targets);
+6. predictions on a folder of new synthetic angiograms (``sweeps.predict``);
+7. the HTML sweep report, with the test evaluation and the new angiograms' predictions.
 
 Every step prints where its output is; a second run reuses finished steps (delete ``--out`` to start over).
 After ``sweeps/configs/local.yaml`` changed, the earlier run's data, sweep, export and report are moved to
@@ -37,7 +40,8 @@ REPO = Path(__file__).resolve().parents[1]
 LOCAL_CONFIG = REPO / "sweeps" / "configs" / "local.yaml"
 DATA_DIR, SURGERED, CONFIG_FILE = "data", "phase1_tiny_native.pt", "demo_sweep.yaml"
 #: what depends on local.yaml (the tiny Phase 1 checkpoint does not): redone when the config changes
-CONFIG_DERIVED = (DATA_DIR, "sweeps", "best", "report", CONFIG_FILE)
+CONFIG_DERIVED = (DATA_DIR, "sweeps", "best", "best-evaluation", "new_angiograms", "predictions", "report", CONFIG_FILE)
+NEW_ANGIOGRAMS = 4  # images of patients no split holds, for step 6
 
 
 def banner(text: str) -> None:
@@ -51,9 +55,11 @@ def make_dataset(out: Path, synthetic: dict) -> Path:
     from data_prep.validate import validate_dataset
 
     root = out / DATA_DIR
-    if not DatasetPaths(root).val_json.exists():
+    wants_test = synthetic.get("test", 0) > 0
+    if not DatasetPaths(root).val_json.exists() or (wants_test and not DatasetPaths(root).test_json.exists()):
         generate_dataset(root, n_train=synthetic["train"], n_val=synthetic["val"], size=synthetic["size"],
-                         seed=synthetic["seed"], overwrite=True)  # only an incomplete dataset of an earlier demo
+                         seed=synthetic["seed"], n_test=synthetic.get("test", 0),
+                         overwrite=True)  # only an incomplete dataset of an earlier demo
     validate_dataset(DatasetPaths(root)).raise_if_errors()
     print(f"dataset: {root} (validated)")
     return root
@@ -136,6 +142,31 @@ def export_and_recheck(experiment: Path, out: Path) -> Path:
     return best
 
 
+def evaluate_on_test(best: Path, out: Path) -> Path:
+    """Step 5: the exported model on the test split (the figure to quote), with bootstrap intervals."""
+    from sweeps.evaluate import evaluate_export, format_table
+
+    evaluation = evaluate_export(best, "test", out=out / "best-evaluation", overwrite=True)
+    print(format_table(evaluation.result))
+    print(f"wrote {evaluation.json_path}")
+    return evaluation.out
+
+
+def predict_new_angiograms(best: Path, out: Path, synthetic: dict) -> Path:
+    """Step 6: synthetic angiograms of new patients (another seed), and the exported model's predictions."""
+    from data_prep.layout import DatasetPaths
+    from data_prep.synthetic import generate_dataset
+    from sweeps.predict import format_outcome, predict_folder
+
+    source = out / "new_angiograms"
+    if not DatasetPaths(source).train_json.exists():
+        generate_dataset(source, n_train=NEW_ANGIOGRAMS, n_val=0, size=synthetic["size"],
+                         seed=synthetic["seed"] + 1000, overwrite=True)
+    outcome = predict_folder(best, DatasetPaths(source).images_dir, out / "predictions", overwrite=True)
+    print(format_outcome(outcome))
+    return outcome.out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="demo_out", help="folder for everything the demo makes")
@@ -153,21 +184,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{LOCAL_CONFIG.relative_to(REPO)} changed since the last demo in {out}: its data, sweep, export "
               f"and report were moved to {previous}; starting them afresh")
 
-    banner("1/5 synthetic angiograms")
+    banner("1/7 synthetic angiograms")
     dataset = make_dataset(out, synthetic)
-    banner("2/5 Phase 1 checkpoint -> weight surgery")
+    banner("2/7 Phase 1 checkpoint -> weight surgery")
     make_surgered_checkpoint(out)
-    banner("3/5 sweep (Ray Tune + Optuna + ASHA)")
+    banner("3/7 sweep (Ray Tune + Optuna + ASHA)")
     config = out / CONFIG_FILE
     config.write_text(config_text)
     experiment = run_demo_sweep(config)
-    banner("4/5 export the best checkpoint")
+    banner("4/7 export the best checkpoint")
     best = export_and_recheck(experiment, out)
-    banner("5/5 report")
+    banner("5/7 the export on the held-out test split")
+    evaluation = evaluate_on_test(best, out)
+    banner("6/7 predictions on new angiograms")
+    predictions = predict_new_angiograms(best, out, synthetic)
+    banner("7/7 report")
     from sweeps.report import build_report
 
-    report = build_report(experiment, out / "report", export_dir=best, overwrite=True)
-    print(f"\ndone: data {dataset}\n      sweep {experiment}\n      best checkpoint {best}\n      report {report}")
+    report = build_report(experiment, out / "report", export_dir=best, evaluation_dir=evaluation,
+                          predictions_dir=predictions, overwrite=True)
+    print(f"\ndone: data {dataset}\n      sweep {experiment}\n      best checkpoint {best}\n"
+          f"      test evaluation {evaluation}\n      predictions {predictions}\n      report {report}")
     return 0
 
 

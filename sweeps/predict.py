@@ -25,9 +25,9 @@ file is an image (``--frame K``: only frame K of such files; single-frame files 
   INPUT, ``<name>#frame<k>`` for frame k of a multi-frame file, ``width``, ``height``, ``windowing``; the 14 CASS
   ``categories``), so that ``COCO("images.json").loadRes("predictions.json")`` works (pycocotools' loadRes
   refuses an empty list: a run that found nothing cannot be loaded that way);
-- ``overlays/<file_name>.png`` (``#`` as ``_``): per image, the image beside the predicted segments painted in
-  their colours (a segment = the union of its queries' masks at or above the threshold), the legend giving each
-  segment's score (:mod:`sweeps.overlays`);
+- ``overlays/<file name>.png`` (its suffix dropped, ``_frame<k>`` for a frame): per image, the image beside the
+  predicted segments painted in their colours (a segment = the union of its queries' masks at or above the
+  threshold), the legend giving each segment's score (:mod:`sweeps.overlays`);
 - ``segments.csv``: one row per image: its id, file name and size, the segments found (``;``-separated short
   names), its overlay, and per segment the best score of those found;
 - ``skipped.json``: the files or frames that could not be predicted, each with why.
@@ -42,7 +42,7 @@ replaces only an earlier output). The output is staged and appears whole or not 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 if __package__ in (None, ""):  # run as a script path: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -373,7 +373,9 @@ def _rle(mask: np.ndarray) -> dict:
 
 
 def _overlay_name(file_name: str, image_id: int, taken: set[str]) -> str:
-    name = file_name.replace("/", "_").replace(FRAME_SEPARATOR, "_frame") + ".png"
+    """``run.dcm#frame3`` -> ``run_frame3.png``, ``sub/a.tif`` -> ``sub_a.png`` (the image id when taken)."""
+    base, _, frame = file_name.partition(FRAME_SEPARATOR)
+    name = PurePosixPath(base).with_suffix("").as_posix().replace("/", "_") + (f"_frame{frame}" if frame else "") + ".png"
     if name in taken:
         name = f"{name[:-4]}_{image_id}.png"
     taken.add(name)

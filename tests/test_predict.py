@@ -367,3 +367,10 @@ def test_the_report_shows_the_predictions_overlays_and_segments_found(run, tmp_p
     assert section.html.count("<tr>") == len(rows) + 1  # a header, then every predicted image
     missing = predictions_section(tmp_path / "nowhere", tmp_path, max_images=2)
     assert missing.images == [] and "run python -m sweeps.predict" in missing.note
+
+
+def test_overlay_files_are_named_after_their_image_and_frame():
+    taken: set[str] = set()
+    assert predict._overlay_name("run1.dcm#frame3", 1, taken) == "run1_frame3.png"
+    assert predict._overlay_name("a.png", 2, taken) == "a.png"
+    assert predict._overlay_name("a.tif", 3, taken) == "a_3.png"  # the name a.png is taken
