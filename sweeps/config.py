@@ -27,7 +27,7 @@ every problem is listed in one :class:`~common.errors.InputError`. Types and num
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any, Literal
 
 from common.errors import InputError
@@ -209,6 +209,12 @@ def parse_sweep_config(raw: Any, *, source: str) -> SweepConfig:
     cfg = SweepConfig(**values)
     if not is_uri(cfg.storage_path):
         cfg.storage_path = str(Path(cfg.storage_path).absolute())
+    # Ray Train's workers run in their trial's folder: the files they read get absolute paths here
+    relative = {name: str(Path(value).absolute()) for name in ("checkpoint", "train_json", "val_json", "images_dir")
+                if (value := getattr(cfg.trial, name)) and not is_uri(value) and not PureWindowsPath(value).drive
+                and not Path(value).is_absolute()}
+    if relative:
+        cfg.trial = cfg.trial.replace(**relative)
     _check_ranges(cfg, problems)
     if problems:
         raise InputError(f"{source}: invalid sweep config", problems)

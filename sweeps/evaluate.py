@@ -327,13 +327,18 @@ def _dataset_of(export_dir: Path) -> DatasetPaths:
 
 
 def _check_out(out: Path, json_name: str, overwrite: bool) -> None:
-    """``out`` may be absent or empty, or a folder this command wrote (its other splits stay); it may hold this
-    split's evaluation only with ``overwrite``."""
+    """``out`` may be absent or empty, or a folder this command wrote that holds nothing but evaluations (its
+    other splits stay); it may hold this split's evaluation only with ``overwrite``. Any other folder is refused:
+    replacing ``out`` would delete what it holds (another export, a dataset, predictions)."""
     if not (out.exists() or out.is_symlink()) or is_empty_folder(out):
         return
-    if not is_our_folder(out):
-        raise InputError(f"--out {out} exists and is not an output of this project (a folder holding {MARKER}); "
-                         "pick another --out")
+    written_here = is_our_folder(out) and (out / MARKER).read_text(encoding="utf-8").strip() == COMMAND
+    foreign = [] if not written_here else [p.name for p in out.iterdir() if p.name != MARKER and not (
+        p.is_file() and p.name.startswith("evaluation_") and p.suffix in (".json", ".csv"))]
+    if not written_here or foreign:
+        raise InputError(f"--out {out} exists and is not a folder of evaluations written by {COMMAND}"
+                         + (f" (it holds {', '.join(sorted(foreign)[:5])})" if foreign else "")
+                         + "; pick another --out (the evaluation never replaces another folder)")
     if (out / json_name).exists() and not overwrite:
         raise InputError(f"--out {out} already holds {json_name}; pass --overwrite to replace it, or pick another "
                          "--out")

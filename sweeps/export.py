@@ -214,17 +214,17 @@ def _report_of(trial_id: str, history, checkpoint_path: str) -> CheckpointReport
     return checkpoint_report(trial_id, history[history["checkpoint_path"] == checkpoint_path].iloc[0])
 
 
-def locate_checkpoint(fs: pyarrow.fs.FileSystem, experiment_fs_path: str, recorded: str) -> str:
+def locate_checkpoint(fs: pyarrow.fs.FileSystem, experiment_fs_path: str, recorded: str,
+                      needs: tuple[str, ...] = (MODEL_FILE, TRAINED_FILE)) -> str:
     """The checkpoint folder to read: the recorded checkpoint's place inside THIS experiment folder (which may
     have been moved or copied since the sweep). Nothing outside the folder the user named is read: a
-    checkpoint that is not in it, or has no ``model.pt``, is refused."""
+    checkpoint that is not in it, or holds none of the files ``needs`` (default: its weights), is refused."""
     recorded_posix = recorded.replace("\\", "/")  # Ray on Windows may record backslashes (Ray #37226)
     if f"/{TRAIN_RUNS}/" in recorded_posix:
         inside = f"{experiment_fs_path}/{TRAIN_RUNS}/{recorded_posix.rsplit(f'/{TRAIN_RUNS}/', 1)[1]}"
-        if any(fs.get_file_info(f"{inside}/{name}").type == pyarrow.fs.FileType.File
-               for name in (MODEL_FILE, TRAINED_FILE)):
+        if any(fs.get_file_info(f"{inside}/{name}").type == pyarrow.fs.FileType.File for name in needs):
             return inside
-    raise InputError(f"checkpoint {recorded}: {MODEL_FILE} not found in the experiment folder {experiment_fs_path} "
+    raise InputError(f"checkpoint {recorded}: {' or '.join(needs)} not found in the experiment folder {experiment_fs_path} "
                      f"(deleted by CheckpointConfig.num_to_keep, which keeps the best by {METRIC}, or the folder "
                      "is an incomplete copy)")
 
@@ -278,6 +278,9 @@ def _copy_model(fs: pyarrow.fs.FileSystem, source: str, folder: Path,
     if fs.get_file_info(f"{source}/{MODEL_FILE}").type == pyarrow.fs.FileType.File:
         _copy_checked(fs, f"{source}/{MODEL_FILE}", folder / MODEL_FILE)
         return None
+    if fs.get_file_info(f"{source}/{FROZEN_SOURCE_FILE}").type != pyarrow.fs.FileType.File:
+        raise InputError(f"{source}: holds {TRAINED_FILE} without {FROZEN_SOURCE_FILE}, which says where its frozen "
+                         "text encoder is: an incomplete copy of the checkpoint")
     parts = folder / ".checkpoint-parts"
     parts.mkdir()
     for name in (TRAINED_FILE, FROZEN_SOURCE_FILE):

@@ -136,7 +136,6 @@ def predict_folder(export_dir: str | Path, source: str | Path, out: str | Path, 
     import torch
 
     from trainables.checkpoints.exported import load_exported
-    from trainables.precision import configure_precision
 
     export_dir, source, out = Path(export_dir), Path(source), Path(out)
     check_apart({"--out": out}, {"EXPORT_DIR": export_dir, "INPUT": source})
@@ -154,8 +153,7 @@ def predict_folder(export_dir: str | Path, source: str | Path, out: str | Path, 
         raise InputError(f"INPUT {source}: none of its {len(files)} image file(s) can be read", _problems(skipped))
 
     start = time.perf_counter()
-    configure_precision(cfg.precision)  # the TF32 switches validation ran with (sam3 turns TF32 on at import)
-    model, cfg = load_exported(export_dir, device=device)  # strict load at the trial's resolution
+    model, cfg = load_exported(export_dir, device=device)  # strict load at the trial's resolution and precision
     model.eval()
     outcome = Outcome(out=out, skipped=skipped)
     with staged_folder(out, overwrite=overwrite, command=COMMAND) as staging:
@@ -375,10 +373,12 @@ def _rle(mask: np.ndarray) -> dict:
 def _overlay_name(file_name: str, image_id: int, taken: set[str]) -> str:
     """``run.dcm#frame3`` -> ``run_frame3.png``, ``sub/a.tif`` -> ``sub_a.png`` (the image id when taken)."""
     base, _, frame = file_name.partition(FRAME_SEPARATOR)
-    name = PurePosixPath(base).with_suffix("").as_posix().replace("/", "_") + (f"_frame{frame}" if frame else "") + ".png"
-    if name in taken:
-        name = f"{name[:-4]}_{image_id}.png"
-    taken.add(name)
+    stem = PurePosixPath(base).with_suffix("").as_posix().replace("/", "_") + (f"_frame{frame}" if frame else "")
+    name, extra = f"{stem}.png", 0
+    while name.casefold() in taken:  # case-blind: a.png and A.png are one file on Windows
+        extra += 1
+        name = f"{stem}_{image_id}.png" if extra == 1 else f"{stem}_{image_id}_{extra}.png"
+    taken.add(name.casefold())
     return name
 
 

@@ -45,7 +45,7 @@ from common.outputs import check_apart, check_replaceable, staged_folder
 from common.paths import is_uri
 from data_prep.cass import CASS_CATEGORIES
 from sweeps.config import JOURNAL_FILE, METRIC, SECOND_OBJECTIVE
-from sweeps.results import SweepResults, TrialRecord, load_sweep
+from sweeps.results import SweepResults, TrialRecord, experiment_filesystem, load_sweep
 
 STATUS_COLOURS = {"COMPLETE": "tab:blue", "PRUNED": "tab:orange", "FAIL": "tab:red"}
 
@@ -365,10 +365,53 @@ def evaluation_section(evaluation_dir: Path) -> Section:
     return Section(title, caption, [], html="\n".join(parts))
 
 
+def selection_section(sweep: SweepResults, resamples: int = 1000, seed: int = 0) -> Section:
+    """How sure the pick is: each Pareto trial's picked checkpoint's val Dice with a 95% bootstrap interval over
+    the validation images, and how often a resample (the same images for every trial) makes it the best,
+    from the ``val_pairs.csv`` each checkpoint keeps (:mod:`trainables.bootstrap`); a note when there are none."""
+    from sweeps.export import locate_checkpoint
+    from trainables import bootstrap
+    from trainables.checkpoints.trial import VAL_PAIRS_FILE, read_val_pairs
+
+    title = "How sure the pick is (validation: selection figures)"
+    caption = (f"val Dice of each Pareto trial's picked checkpoint, mean [95% interval] over {resamples} bootstrap "
+               "resamples of the validation images, and the share of resamples in which it is the highest. These "
+               "are the figures the pick was made on: quote the test evaluation instead.")
+    rows = [r for r in sweep.pareto if r.checkpoint_path]
+    if not rows:
+        return Section(title, caption, [], note="no Pareto-optimal trial with a checkpoint")
+    fs, experiment = experiment_filesystem(str(sweep.experiment_dir))
+    pairs = {}
+    for row in rows:
+        try:
+            path = f"{locate_checkpoint(fs, experiment, row.checkpoint_path, (VAL_PAIRS_FILE,))}/{VAL_PAIRS_FILE}"
+            with fs.open_input_stream(path) as f:
+                pairs[row.trial_id] = read_val_pairs(f.readall().decode("utf-8"), path)
+        except (InputError, OSError) as err:
+            return Section(title, caption, [], note=f"trial {row.trial_id}: its checkpoint's per-image validation "
+                           f"figures cannot be read ({err}); sweeps run before they were kept have none")
+    common = set.intersection(*({p.image_id for p in trial} for trial in pairs.values()))  # the same val set
+    images, categories = sorted(common), sorted({p.category_id for trial in pairs.values() for p in trial})
+    units, _ = bootstrap.unit_indices([None] * len(images))
+    weights = np.vstack([np.ones((1, len(images))), bootstrap.resample_weights(units, resamples, seed)])
+    values = np.column_stack([bootstrap.weighted_category_means(bootstrap.PairArrays.from_pairs(
+        [p for p in trial if p.image_id in common], images, categories).dice(), weights)[1]
+        for trial in pairs.values()])  # [1 + resamples, trials]: row 0 the validation set itself
+    share = bootstrap.best_frequency(values[1:])
+    lines = ["<tr><th>trial</th><th>val Dice (reported)</th><th>val Dice [95% interval]</th>"
+             "<th>best in resamples</th></tr>"]
+    for k, row in enumerate(rows):
+        low, high = bootstrap.interval(values[1:, k])
+        lines.append(f"<tr><td>{html.escape(row.trial_id)}</td><td>{_fmt(row.val_dice)}</td><td>{_fmt(values[0, k])} "
+                     f"[{_fmt(low)}, {_fmt(high)}]</td><td>{share[k]:.0%}</td></tr>")
+    return Section(title, caption + f" {len(images)} validation images.", [],
+                   html="<table>\n" + "\n".join(lines) + "\n</table>")
+
+
 def predictions_section(predictions_dir: Path, out_dir: Path, max_images: int) -> Section:
     """Predictions on new images (``python -m sweeps.predict``'s ``--out``): up to ``max_images`` of its overlays,
     copied beside the page, and the segments found per image (its ``segments.csv``); a note when there are none."""
-    from sweeps.predict import SEGMENTS_FILE
+    from sweeps.predict import OVERLAYS, SEGMENTS_FILE
 
     title = "Predictions on new angiograms"
     caption = (f"python -m sweeps.predict on {predictions_dir}: each image beside the segments found (queries scoring "
@@ -380,10 +423,16 @@ def predictions_section(predictions_dir: Path, out_dir: Path, max_images: int) -
     except OSError as err:
         return Section(title, caption, [], note=f"cannot read {table}: {err} (run python -m sweeps.predict)")
     images = []
-    for row in rows[:max_images]:
-        name = f"predicted_{Path(row['overlay']).name}"
-        shutil.copyfile(Path(predictions_dir) / row["overlay"], out_dir / name)
-        images.append(name)
+    try:
+        for row in rows[:max_images]:
+            overlay = Path(row["overlay"])
+            if overlay.parent != Path(OVERLAYS):  # only the overlays folder of the predictions is read
+                raise ValueError(f"overlay {row['overlay']!r} is not a file of {OVERLAYS}/")
+            name = f"predicted_{overlay.name}"
+            shutil.copyfile(Path(predictions_dir) / overlay, out_dir / name)
+            images.append(name)
+    except (OSError, KeyError, ValueError) as err:
+        return Section(title, caption, [], note=f"{table}: not a segments.csv of python -m sweeps.predict ({err})")
     esc = html.escape
     lines = ["<tr><th>image</th><th>segments found</th></tr>"]
     lines += [f"<tr><td>{esc(row['file_name'])}</td><td>{esc(row['segments'].replace(';', ', ') or '(none)')}</td></tr>"
@@ -504,6 +553,7 @@ def build_report(experiment_dir: str | Path, out_dir: str | Path, *, export_dir:
     sweep = load_sweep(experiment_dir, journal=journal, study_name=study_name)
     with staged_folder(out_dir, overwrite=overwrite, command="python -m sweeps.report") as staging:
         sections = [make_figure(sweep, staging, *figure) for figure in FIGURES]
+        sections.append(selection_section(sweep))
         sections.append(overlay_section(Path(export_dir) if export_dir else None, staging, overlay_images))
         if evaluation_dir is not None:
             sections.append(evaluation_section(Path(evaluation_dir)))

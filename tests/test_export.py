@@ -296,7 +296,7 @@ def test_a_checkpoint_that_shares_its_frozen_text_encoder_is_exported_whole(expe
 
 def test_a_checkpoint_deleted_from_the_experiment_and_its_recorded_place_is_refused(tmp_path):
     recorded = f"{tmp_path}/old-place/sweep/train_runs/sweep-t1/checkpoint_2"
-    with pytest.raises(InputError, match="model.pt not found .*num_to_keep"):
+    with pytest.raises(InputError, match="model.pt or model_trained.pt not found .*num_to_keep"):
         locate_checkpoint(pyarrow.fs.LocalFileSystem(), str(tmp_path / "sweep"), recorded)
 
 

@@ -374,3 +374,10 @@ def test_overlay_files_are_named_after_their_image_and_frame():
     assert predict._overlay_name("run1.dcm#frame3", 1, taken) == "run1_frame3.png"
     assert predict._overlay_name("a.png", 2, taken) == "a.png"
     assert predict._overlay_name("a.tif", 3, taken) == "a_3.png"  # the name a.png is taken
+
+
+def test_overlay_names_never_collide_even_case_blind_as_on_windows():
+    taken: set[str] = set()
+    names = [predict._overlay_name(f, i, taken) for i, f in enumerate(["x_3.png", "x.png", "x.tif", "A.png", "a.tif"],
+                                                                      start=1)]
+    assert len({n.casefold() for n in names}) == len(names), names

@@ -36,6 +36,7 @@ from sweeps.overlays import HEADER_PX, SEGMENT_COLOURS, ImageMasks, compose_over
 from sweeps.report import FIGURES, FigureUnavailable, build_report, compute_events, main, param_importances
 from sweeps.results import SweepResults, load_sweep
 from sweeps.stage2 import run_sweep
+from trainables.checkpoints.trial import VAL_PAIRS_FILE, format_val_pairs
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # tests/ is not importable on workers
 
@@ -68,7 +69,18 @@ def stand_in_train_loop(config: dict) -> None:
             metrics[f"val_ap75/{c.short_name}"] = value * 0.8
         with tempfile.TemporaryDirectory() as tmp:
             Path(tmp, "state.json").write_text(json.dumps({"step": step}))
+            Path(tmp, VAL_PAIRS_FILE).write_text(format_val_pairs(scripted_pairs(dice, seed=step)))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def scripted_pairs(dice: float, seed: int, images: int = 6) -> list:
+    """Per-pair validation figures whose Dice scatter around ``dice`` (the same images in every trial)."""
+    from trainables.metrics import PairFigures
+
+    rng = np.random.default_rng(seed)
+    return [PairFigures(image_id=i, category_id=c.id, gt_area=100, pred_area=100,
+                        intersection=int(100 * np.clip(dice + rng.normal(0, 0.05), 0, 1)), presence_score=0.5,
+                        matched_dice=math.nan) for i in range(1, images + 1) for c in CASS_CATEGORIES]
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +182,23 @@ def test_validation_share_counts_each_resumed_runs_time_once():
     # resumed after step 2: elapsed_s restarts, so the first run's 20 s and the second's 15 s add up
     assert share({"val_seconds": [1.0, 1.0, 1.0, 1.0], "elapsed_s": [10.0, 20.0, 5.0, 15.0]}) == pytest.approx(4 / 35)
     assert math.isnan(share({"val_dice": [0.5]}))  # reports from before val_seconds existed
+
+
+def test_the_page_says_how_often_each_pareto_trial_is_the_best_in_validation_resamples(experiment):
+    from sweeps.report import selection_section
+
+    sweep = load_sweep(experiment.experiment_dir)
+    section = selection_section(sweep, resamples=200)
+    assert section.note is None, section.note
+    rows = re.findall(r"<tr><td>(\w+)</td><td>([\d.]+)</td><td>([\d.]+) \[([\d.]+), ([\d.]+)\]</td><td>(\d+)%</td>",
+                      section.html)
+    assert [r[0] for r in rows] == [r.trial_id for r in sweep.pareto]
+    shares = {trial: int(share) for trial, *_, share in rows}
+    assert abs(sum(shares.values()) - 100) <= len(rows)  # rounded shares of all resamples
+    dice_leaning = sweep.pareto[0].trial_id  # the highest val Dice, by a margin the noise cannot close
+    assert shares[dice_leaning] >= 90
+    for _, _, mean, low, high, _ in rows:
+        assert float(low) <= float(mean) <= float(high)
 
 
 def test_the_pareto_front_holds_both_trade_offs_and_the_best_has_the_highest_dice(experiment):

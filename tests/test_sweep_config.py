@@ -66,6 +66,18 @@ def test_relative_storage_is_made_absolute_and_uris_are_kept(tmp_path, monkeypat
     assert cfg.experiment_dir == "s3://bucket/sweeps/s" and cfg.optuna_journal == "/nfs/j.log"
 
 
+def test_the_files_a_trial_reads_get_absolute_paths_as_workers_run_in_their_trial_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    trial = {"checkpoint": "weights/init.pt", "train_json": "d/annotations/train.json", "images_dir": "d/images",
+             "val_json": "/data/d/annotations/val.json"}
+    cfg = parse_sweep_config(with_(trial=trial), source="x")
+    assert cfg.trial.checkpoint == str(tmp_path / "weights" / "init.pt")
+    assert cfg.trial.train_json == str(tmp_path / "d" / "annotations" / "train.json")
+    assert cfg.trial.images_dir == str(tmp_path / "d" / "images") and cfg.trial.val_json == "/data/d/annotations/val.json"
+    for kept in ("E:/weights/init.pt", "E:\\weights\\init.pt", "s3://bucket/init.pt"):  # a drive or a URI: as given
+        assert parse_sweep_config(with_(trial={"checkpoint": kept}), source="x").trial.checkpoint == kept
+
+
 def test_a_uri_storage_needs_an_explicit_journal():
     cfg = parse_sweep_config(with_(storage_path="s3://bucket/sweeps"), source="x")
     with pytest.raises(InputError, match="searcher.storage"):

@@ -352,8 +352,17 @@ def test_an_out_that_the_project_did_not_write_is_refused(tmp_path, export_dir, 
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("not ours")
     assert run_cli(evaluate.main, [str(export_dir), "--out", str(foreign), "--bootstrap", "5"]) == 2
-    assert "not an output of this project" in capsys.readouterr().err
+    assert "not a folder of evaluations" in capsys.readouterr().err
     assert [p.name for p in foreign.iterdir()] == ["thesis.tex"]
+    # another output of this project (a dataset: its images and annotations) is never replaced either
+    from data_prep.synthetic import generate_dataset
+
+    other = generate_dataset(tmp_path / "other_dataset", n_train=1, n_val=1, size=64, seed=1).root
+    before = _listing(other)
+    for extra in ([], ["--overwrite"]):
+        assert run_cli(evaluate.main, [str(export_dir), "--out", str(other), "--bootstrap", "5", *extra]) == 2
+        assert "not a folder of evaluations written by python -m sweeps.evaluate" in capsys.readouterr().err
+    assert _listing(other) == before
     assert run_cli(evaluate.main, [str(export_dir), "--out", str(export_dir / "eval"), "--bootstrap", "5"]) == 2
     assert "lies inside EXPORT_DIR" in capsys.readouterr().err
 

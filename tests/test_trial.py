@@ -19,6 +19,7 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -31,8 +32,10 @@ from trainables.checkpoints.trial import (
     MODEL_FILE,
     STATE_FILE,
     TRAINED_FILE,
+    VAL_PAIRS_FILE,
     load_trainer_state,
     read_model_state,
+    read_val_pairs,
     save_trial_checkpoint,
 )
 from trainables.config import TrialConfig
@@ -48,6 +51,15 @@ def trial_config(dataset, **overrides) -> TrialConfig:
     values = dict(**dataset.trial_fields(), **FAST)
     values.update(overrides)
     return TrialConfig.from_dict(values)
+
+
+def val_dice_of(pairs) -> float:
+    """``val_dice`` from per-pair figures, as CassEvaluator computes it (through the bootstrap's one formula)."""
+    from trainables.bootstrap import PairArrays, weighted_category_means
+
+    image_ids, category_ids = sorted({p.image_id for p in pairs}), sorted({p.category_id for p in pairs})
+    arrays = PairArrays.from_pairs(pairs, image_ids, category_ids)
+    return float(weighted_category_means(arrays.dice(), np.ones((1, len(image_ids))))[1][0])
 
 
 class Recorder:
@@ -81,6 +93,10 @@ def test_a_trial_reports_every_val_every_steps_with_a_resumable_native_checkpoin
     assert len(recorder.checkpoints) == 2
     native = safe_torch_load(recorder.checkpoints[-1] / MODEL_FILE)
     assert all(key.startswith("detector.") for key in native)
+    for report, checkpoint in zip(recorder.reports, recorder.checkpoints):  # each validation's per-image figures
+        pairs = read_val_pairs((checkpoint / VAL_PAIRS_FILE).read_text(), "test")
+        assert len(pairs) == 4 * 14 and len({p.image_id for p in pairs}) == 4  # every val image x category
+        assert val_dice_of(pairs) == pytest.approx(report["val_dice"], abs=1e-12)
     assert load_trainer_state(recorder.checkpoints[0]).step == 2
     assert not (recorder.checkpoints[-1] / STATE_FILE).exists(), "the final checkpoint has nothing to resume"
 

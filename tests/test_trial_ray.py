@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import ray
 from ray.train import CheckpointConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
+from test_trial import val_dice_of
 
 from sweeps import ray_compat
-from trainables.checkpoints.trial import MODEL_FILE, STATE_FILE
+from trainables.checkpoints.trial import METRICS_FILE, MODEL_FILE, STATE_FILE, VAL_PAIRS_FILE, read_val_pairs
 from trainables.config import TrialConfig
 from trainables.train_loop import train_loop_per_worker
 
@@ -51,3 +53,9 @@ def test_two_gloo_workers_train_one_trial_report_dice_and_ap75_and_checkpoint(ra
     assert len(persisted) == 3
     for checkpoint in persisted:
         assert (checkpoint / MODEL_FILE).is_file() and not (checkpoint / STATE_FILE).exists(), checkpoint.name
+    # Each worker validated half of the 4 images; rank 0's checkpoint keeps the figures of all of them
+    metrics = json.loads((persisted[-1] / METRICS_FILE).read_text())["metrics"]
+    pairs = read_val_pairs((persisted[-1] / VAL_PAIRS_FILE).read_text(), "test")
+    assert sorted({p.image_id for p in pairs}) == sorted(i["id"] for i in json.loads(
+        synthetic_dataset.val_json.read_text())["images"]) and len(pairs) == 4 * 14
+    assert val_dice_of(pairs) == pytest.approx(metrics["val_dice"], abs=1e-12)

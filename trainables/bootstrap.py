@@ -62,6 +62,16 @@ def resample_weights(units: np.ndarray, n_resamples: int, seed: int) -> np.ndarr
     return unit_counts[:, units]
 
 
+def best_frequency(values: np.ndarray) -> np.ndarray:
+    """``values`` [B, T]: T candidates' figure in B resamples -> how often each is the highest (a tie shares the
+    resample equally; a resample where no candidate is defined counts for none)."""
+    values = np.where(np.isfinite(values), values, -np.inf)
+    top = values.max(axis=1, keepdims=True)
+    best = (values == top) & np.isfinite(top)
+    share = best / np.maximum(best.sum(axis=1, keepdims=True), 1)
+    return share.sum(axis=0) / max(len(values), 1)
+
+
 def interval(values: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
     """The percentile interval of the finite ``values`` (nan, nan if none)."""
     finite = np.asarray(values, dtype=float)

@@ -1,8 +1,9 @@
 """Validation pass: the model's predictions (:func:`trainables.inference.predict`) scored with
 :mod:`trainables.metrics`.
 
-Each validation worker scores its share of the images; the evaluator states are gathered and merged on every
-rank so that all workers report the same figures.
+Each validation worker scores its share of the images; the evaluator states are gathered and merged on rank 0,
+whose evaluator then holds every image's figures (:meth:`~trainables.metrics.CassEvaluator.pair_figures`, kept
+with the checkpoint), and the metrics are handed to every rank so that all workers report the same figures.
 """
 
 from __future__ import annotations
@@ -17,16 +18,16 @@ from trainables.metrics import CassEvaluator
 
 
 def evaluate_across_ranks(evaluator: CassEvaluator) -> dict[str, float]:
-    """Merge every rank's evaluator state on rank 0, score it there, and hand the metrics to all ranks."""
+    """Merge every rank's evaluator state into rank 0's ``evaluator``, score it there, and hand the metrics to all
+    ranks."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return evaluator.evaluate()
     states = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
     dist.gather_object(evaluator.state(), states, dst=0)
     metrics = [None]
     if dist.get_rank() == 0:
-        merged = evaluator.empty_copy()
-        merged.merge(states)
-        metrics = [merged.evaluate()]
+        evaluator.merge(states)  # its own state among them: merging a state into itself changes nothing
+        metrics = [evaluator.evaluate()]
     dist.broadcast_object_list(metrics, src=0)
     return metrics[0]
 

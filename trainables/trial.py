@@ -6,7 +6,8 @@ the benchmarks run in a bare process. The order of events is fixed by SAM3's res
 build model (native grid) -> load weights (resume checkpoint, else the surgered Phase 1 file) ->
 set_resolution -> DDP -> optimizer/scheduler (restored on resume) -> train -> validate every
 ``val_every`` steps -> report metrics with a checkpoint (resumable, except the final one; a frozen text
-encoder is not copied into it but referred to in the starting checkpoint: :mod:`trainables.checkpoints.frozen`).
+encoder is not copied into it but referred to in the starting checkpoint: :mod:`trainables.checkpoints.frozen`;
+the validation's per-image figures beside it).
 
 A non-finite loss on any rank stops the trial on every rank with ``diverged=True`` and no checkpoint,
 so the last good checkpoint stays the trial's latest.
@@ -31,6 +32,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from common.errors import InputError
 from trainables.checkpoints.frozen import FrozenSource
 from trainables.checkpoints.native import load_native
 from trainables.checkpoints.trial import (
@@ -167,6 +169,19 @@ def configure_model(model: nn.Module, cfg: TrialConfig) -> None:
         enable_prompt_cache(model)  # the 14 prompt embeddings, computed once (frozen, dropout-free encoder)
 
 
+def frozen_source(cfg: TrialConfig) -> FrozenSource | None:
+    """Where a frozen text encoder's tensors already are (the starting checkpoint), so that checkpoints refer to
+    them instead of copying them; None (whole checkpoints) when nothing is frozen, or when a resumed trial's
+    starting checkpoint is gone (a trial that resumes from a whole checkpoint does not need it)."""
+    if not (cfg.freeze_text_encoder and cfg.checkpoint):
+        return None
+    try:
+        return FrozenSource.of(cfg.checkpoint)
+    except InputError as err:
+        log.warning("checkpoints will hold the whole model: %s", err)
+        return None
+
+
 def run_trial(cfg: TrialConfig, *, rank: int = 0, world_size: int = 1, device: torch.device | None = None,
               resume_from: Path | None = None, report: Reporter) -> None:
     """Train one trial on this worker, reporting metrics (and a checkpoint) every ``val_every`` steps."""
@@ -194,8 +209,7 @@ def run_trial(cfg: TrialConfig, *, rank: int = 0, world_size: int = 1, device: t
     configure_model(model, cfg)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg)
-    # A frozen text encoder is the starting checkpoint's: rank 0's checkpoints refer to it instead of copying it
-    frozen = FrozenSource.of(cfg.checkpoint) if rank == 0 and cfg.freeze_text_encoder and cfg.checkpoint else None
+    frozen = frozen_source(cfg) if rank == 0 else None
     step, state = 0, None
     if resume_from is not None:
         state = load_trainer_state(resume_from)
@@ -250,7 +264,7 @@ def run_trial(cfg: TrialConfig, *, rank: int = 0, world_size: int = 1, device: t
                 if rank == 0:
                     checkpoint = save_trial_checkpoint(Path(tmp), model, optimizer, scheduler, step,
                                                        metrics, cfg.to_dict(), resumable=step < cfg.max_steps,
-                                                       frozen=frozen)
+                                                       frozen=frozen, val_pairs=evaluator.pair_figures())
                 report(metrics, checkpoint)
             window.clear()
             window_parts.clear()

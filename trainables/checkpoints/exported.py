@@ -31,6 +31,7 @@ from trainables.checkpoints.native import PREFIX, load_native
 from trainables.checkpoints.trial import MODEL_FILE
 from trainables.config import TrialConfig
 from trainables.model import build_model
+from trainables.precision import configure_precision
 from trainables.resolution import set_resolution
 
 MANIFEST = "MANIFEST.sha256"
@@ -118,7 +119,8 @@ def load_with_sam3(model, path: Path) -> tuple[list[str], list[str], list[str]]:
 
 
 def load_exported(directory: str | os.PathLike, device: str = "cpu"):
-    """Rebuild an exported model for use (evaluation): ``(model, trial_config)``, at the trial's resolution.
+    """Rebuild an exported model for use (evaluation, prediction): ``(model, trial_config)``, at the trial's
+    resolution, with the trial's numeric precision set for this process (:func:`~trainables.precision.configure_precision`).
 
     Checks the folder's manifest first; the model comes back in training mode (call ``.eval()``).
     """
@@ -126,6 +128,7 @@ def load_exported(directory: str | os.PathLike, device: str = "cpu"):
     verify_export(directory)
     cfg = TrialConfig.from_dict(json.loads((directory / TRIAL_CONFIG_FILE).read_text()),
                                 source=str(directory / TRIAL_CONFIG_FILE))
+    configure_precision(cfg.precision)  # the TF32 switches the trial validated with (sam3 turns TF32 on at import)
     model, _ = _load_native_at(directory / MODEL_FILE, cfg.preset, cfg.resolution, device=device)
     return model, cfg
 

@@ -60,7 +60,7 @@ class FrozenSource:
         frozen = frozen_part(safe_torch_load(checkpoint, mmap=True))
         if not frozen:
             raise InputError(f"{checkpoint}: no {FROZEN_PREFIX}* tensors: not a native sam3 checkpoint")
-        return cls(checkpoint=str(checkpoint), sha256=digest(frozen), tensors=len(frozen))
+        return cls(checkpoint=str(Path(checkpoint).absolute()), sha256=digest(frozen), tensors=len(frozen))
 
     def shared_by(self, state: Mapping[str, torch.Tensor]) -> bool:
         """True when ``state``'s frozen tensors are exactly this source's (then they need not be saved)."""
@@ -91,8 +91,8 @@ def assemble(trained: Mapping[str, torch.Tensor], source: FrozenSource, *, recor
     path = Path(frozen_from or source.checkpoint)
     if not path.is_file():
         raise InputError(f"{record}: this checkpoint stores its frozen text encoder by reference to the trial's "
-                         f"starting checkpoint {path}, which is not there; put that file back (or name a copy of "
-                         "it: export's --frozen-from)")
+                         f"starting checkpoint {path}, which is not there; put that file back where it was (an "
+                         "export can read a copy of it instead: python -m sweeps.export ... --frozen-from FILE)")
     frozen = frozen_part(safe_torch_load(path, mmap=True))
     if len(frozen) != source.tensors or digest(frozen) != source.sha256:
         raise InputError(f"{record}: the frozen text encoder in {path} is not the one this checkpoint was trained "

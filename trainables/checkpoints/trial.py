@@ -15,13 +15,20 @@ Layout of a checkpoint directory (what ``ray.train.Checkpoint.from_directory`` w
   parameter: more than the model itself).
 - ``metrics.json``: the step, the metrics reported with this checkpoint and the trial config (for humans,
   export, and the resume of a finished trial).
+- ``val_pairs.csv``: the validation's figures per (image, category) pair
+  (:class:`~trainables.metrics.PairFigures`, one row each): what ``val_dice`` and the other figures average, so
+  that the sweep's selection can be bootstrapped over validation images (:func:`read_val_pairs`).
 
 Everything is read back with ``torch.load(weights_only=True)``: no pickle code runs on resume.
 """
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import io
 import json
+import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +43,10 @@ from common.errors import InputError
 from trainables.checkpoints.files import atomic_torch_save, safe_torch_load
 from trainables.checkpoints.frozen import FrozenSource, assemble, frozen_part
 from trainables.checkpoints.native import can_assign, load_native_state, native_state_dict
+from trainables.metrics import PairFigures
 from trainables.model import PRESET_SIZES
+
+log = logging.getLogger(__name__)
 
 #: What the file format adds to the tensors' bytes (zip records, pickled structure, AdamW's step counters).
 FORMAT_OVERHEAD = 1.02
@@ -46,6 +56,7 @@ TRAINED_FILE = "model_trained.pt"  # the weights without the frozen ones shared 
 FROZEN_SOURCE_FILE = "frozen_source.json"
 STATE_FILE = "trainer_state.pt"
 METRICS_FILE = "metrics.json"
+VAL_PAIRS_FILE = "val_pairs.csv"
 
 
 @dataclass
@@ -98,17 +109,23 @@ def restore_rng(rng: dict[str, Any]) -> None:
 def save_trial_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                           scheduler: torch.optim.lr_scheduler.LRScheduler, step: int,
                           metrics: dict[str, Any], config: dict[str, Any], *, resumable: bool = True,
-                          frozen: FrozenSource | None = None) -> Path:
+                          frozen: FrozenSource | None = None, val_pairs: list[PairFigures] | None = None) -> Path:
     """Write a checkpoint of ``model`` (unwrapped, not DDP) after ``step`` optimizer steps; with the trainer
     state when ``resumable`` (not for a trial's final checkpoint: nothing is left to resume). Tensors equal to
-    ``frozen``'s (the starting checkpoint's frozen text encoder) are recorded by reference, not written."""
+    ``frozen``'s (the starting checkpoint's frozen text encoder) are recorded by reference, not written.
+    ``val_pairs``: the validation's per-pair figures, kept as ``val_pairs.csv``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = native_state_dict(model)
     if frozen is not None and frozen.shared_by(state):
-        atomic_torch_save({k: v for k, v in state.items() if k not in frozen_part(state)}, directory / TRAINED_FILE)
+        shared = frozen_part(state)
+        atomic_torch_save({k: v for k, v in state.items() if k not in shared}, directory / TRAINED_FILE)
         frozen.write(directory / FROZEN_SOURCE_FILE)
     else:
+        if frozen is not None:
+            log.warning("the frozen text encoder differs from %s's (not fp32 there, or changed): this checkpoint "
+                        "holds the whole model, %.2f GB more than the disk budget counted", frozen.checkpoint,
+                        sum(v.numel() * v.element_size() for v in frozen_part(state).values()) / 1e9)
         atomic_torch_save(state, directory / MODEL_FILE)
     del state
     if resumable:
@@ -116,12 +133,29 @@ def save_trial_checkpoint(directory: Path, model: nn.Module, optimizer: torch.op
                     "rng": capture_rng()}, directory / STATE_FILE)
     (directory / METRICS_FILE).write_text(json.dumps({"step": step, "metrics": metrics, "config": config},
                                                      indent=2, default=float))
+    if val_pairs is not None:
+        (directory / VAL_PAIRS_FILE).write_text(format_val_pairs(val_pairs), encoding="utf-8")
     return directory
 
 
-def has_model(directory: Path) -> bool:
-    """True when ``directory`` holds a trial checkpoint's weights (whole, or trained part + frozen record)."""
-    return (Path(directory) / MODEL_FILE).is_file() or (Path(directory) / TRAINED_FILE).is_file()
+def format_val_pairs(pairs: list[PairFigures]) -> str:
+    """The per-pair figures as CSV text: a header of :class:`~trainables.metrics.PairFigures`' fields, a row each."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    fields = [f.name for f in dataclasses.fields(PairFigures)]
+    writer.writerow(fields)
+    writer.writerows([repr(getattr(p, name)) for name in fields] for p in pairs)
+    return out.getvalue()
+
+
+def read_val_pairs(text: str, source: str) -> list[PairFigures]:
+    """The per-pair figures of a checkpoint's ``val_pairs.csv`` (its text; ``source`` names it in errors)."""
+    types = {f.name: (int if f.type in ("int", int) else float) for f in dataclasses.fields(PairFigures)}
+    try:
+        rows = list(csv.DictReader(io.StringIO(text)))
+        return [PairFigures(**{name: kind(row[name]) for name, kind in types.items()}) for row in rows]
+    except (KeyError, TypeError, ValueError) as err:
+        raise InputError(f"{source}: not a val_pairs.csv of this project ({err})") from None
 
 
 def read_model_state(directory: Path, *, mmap: bool = False,
