@@ -123,9 +123,13 @@ def read_curves(path: Path, names: list[str]) -> Curves:
 
 def dataset(folder: Path, spec: dict[str, int]) -> dict[str, str]:
     """The trial settings naming a synthetic set generated in ``folder`` (reused when already there)."""
+    from data_prep.layout import DatasetPaths
     from data_prep.synthetic import generate_dataset
 
-    return generate_dataset(folder, spec["train"], spec["val"], spec["size"], spec["seed"]).trial_fields()
+    paths = DatasetPaths(folder)
+    if not (paths.train_json.is_file() and paths.val_json.is_file()):  # generate_dataset refuses an existing folder
+        paths = generate_dataset(folder, spec["train"], spec["val"], spec["size"], spec["seed"])
+    return paths.trial_fields()
 
 
 def train(values: dict[str, Any], keep: Path | None = None) -> list[dict]:

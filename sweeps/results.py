@@ -17,7 +17,9 @@ The rules:
   that saved a checkpoint; on ties the latest, the one Train's retention (``num_to_keep`` by ``val_dice``)
   keeps;
 - the **best checkpoint** of the sweep is the best report over every trial (ties: the first trial);
-  the **best trial** is the trial that holds it;
+  the **best trial** is the trial that holds it. Kept by measurement (``bench/selection.py``, BENCHMARKS.md
+  "Checkpoint selection"): averaging a trial's last validations picked worse test Dice, a lower confidence
+  bound no better;
 - the **Pareto front** is Optuna's Pareto-optimal COMPLETE trials on (val_dice, val_ap75), highest
   val_dice first, each with its best report's checkpoint.
 """
