@@ -398,8 +398,8 @@ def selection_section(sweep: SweepResults, resamples: int = 1000, seed: int = 0)
         [p for p in trial if p.image_id in common], images, categories).dice(), weights)[1]
         for trial in pairs.values()])  # [1 + resamples, trials]: row 0 the validation set itself
     share = bootstrap.best_frequency(values[1:])
-    lines = ["<tr><th>trial</th><th>val Dice (reported)</th><th>val Dice [95% interval]</th>"
-             "<th>best in resamples</th></tr>"]
+    lines = ["<tr><th>trial</th><th>last val Dice (Optuna's value)</th><th>picked checkpoint's val Dice [95% "
+             "interval]</th><th>best in resamples</th></tr>"]
     for k, row in enumerate(rows):
         low, high = bootstrap.interval(values[1:, k])
         lines.append(f"<tr><td>{html.escape(row.trial_id)}</td><td>{_fmt(row.val_dice)}</td><td>{_fmt(values[0, k])} "
