@@ -68,7 +68,7 @@ DICE_TARGET = 0.75
 AP75_TARGET = 0.5
 TARGETS = {"dice_thresholded": DICE_TARGET, "ap75": AP75_TARGET}
 DEFAULT_RESAMPLES = 1000
-ESTIMATE_KEYS = ("mean", "low", "high")
+ESTIMATE_KEYS = ("mean", "low", "high", "defined")  # defined: the resamples the figure exists in
 COMMAND = "python -m sweeps.evaluate"
 
 #: figure key -> (label, has per-segment values, description)
@@ -238,10 +238,13 @@ def bootstrap_figures(evaluator: CassEvaluator, patients: dict[int, str | None],
     }
 
 
-def _estimate(values: np.ndarray, resamples: int) -> dict[str, float | None]:
-    """Row 0 is the point estimate, the rest the resamples: ``{mean, low, high}`` (None: undefined)."""
+def _estimate(values: np.ndarray, resamples: int) -> dict[str, float | int | None]:
+    """Row 0 is the point estimate, the rest the resamples: ``{mean, low, high}`` (None: undefined) and how many
+    resamples the figure is defined in (a segment absent from a resample has no Dice there; AUROC needs both
+    classes): an interval from fewer than all of them says so."""
     low, high = bootstrap.interval(values[1:]) if resamples else (math.nan, math.nan)
-    return {"mean": _json_number(values[0]), "low": _json_number(low), "high": _json_number(high)}
+    return {"mean": _json_number(values[0]), "low": _json_number(low), "high": _json_number(high),
+            "defined": int(np.isfinite(np.asarray(values[1:], dtype=float)).sum())}
 
 
 def _json_number(value: float) -> float | None:
@@ -260,12 +263,14 @@ def write_csv(path: Path, result: dict[str, Any]) -> None:
                 writer.writerow([name, category, *("" if e[k] is None else repr(e[k]) for k in ESTIMATE_KEYS)])
 
 
-def format_estimate(e: dict[str, float | None]) -> str:
-    """``mean [low, high]`` (``n/a`` when undefined; no interval without resamples)."""
+def format_estimate(e: dict[str, float | None], resamples: int | None = None) -> str:
+    """``mean [low, high]`` (``n/a`` when undefined; no interval without resamples), and ``(N resamples)`` when
+    the interval comes from fewer than the ``resamples`` drawn."""
     if e.get("mean") is None:
         return "n/a"
     interval = "" if e.get("low") is None else f" [{e['low']:.3f}, {e['high']:.3f}]"
-    return f"{e['mean']:.3f}{interval}"
+    fewer = e.get("defined") is not None and resamples and e["defined"] < resamples and e.get("low") is not None
+    return f"{e['mean']:.3f}{interval}" + (f" ({e['defined']} resamples)" if fewer else "")
 
 
 def format_target(t: dict[str, Any]) -> str:
@@ -278,8 +283,11 @@ def format_target(t: dict[str, Any]) -> str:
 
 def format_table(result: dict[str, Any]) -> str:
     """The figures as a text table (mean [low, high]), per segment for those that have one, then the targets."""
-    cell = format_estimate
     b = result["bootstrap"]
+
+    def cell(e: dict) -> str:
+        return format_estimate(e, b["resamples"])
+
     lines = [f"{result['split']} split of {result['dataset']}: {result['images']} images, {b['units']} "
              f"{b['unit']}s; 95% intervals from {b['resamples']} bootstrap resamples of {b['unit']}s"]
     figures = result["figures"]

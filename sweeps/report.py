@@ -443,10 +443,13 @@ def predictions_section(predictions_dir: Path, out_dir: Path, max_images: int) -
 
 def _evaluation_html(result: dict) -> str:
     """One split's evaluation as HTML: a summary line, the targets, the overall and per-segment tables."""
-    from sweeps.evaluate import format_estimate as cell
-    from sweeps.evaluate import format_target
+    from sweeps.evaluate import format_estimate, format_target
 
     b, figures = result["bootstrap"], result["figures"]
+
+    def cell(e: dict) -> str:
+        return format_estimate(e, b["resamples"])
+
     esc = html.escape
     out = [f"<h3>{esc(result['split'])} split</h3>",
            f"<p>{result['images']} images ({b['units']} {esc(b['unit'])}s) of <code>{esc(result['dataset'])}</code>; "

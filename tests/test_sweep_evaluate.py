@@ -393,3 +393,11 @@ def test_the_demo_adds_a_test_split_to_an_earlier_dataset_without_one(tmp_path):
     paths = DatasetPaths(tmp_path / DATA_DIR)
     assert len(json.loads(paths.test_json.read_text())["images"]) == 4
     assert paths.train_json.read_bytes() == train
+
+
+def test_an_interval_from_fewer_resamples_than_drawn_says_how_many():
+    """A segment absent from some resamples has no figure there: its interval rests on fewer, and says so."""
+    partial = evaluate._estimate(np.array([0.5, 0.4, np.nan, 0.6, np.nan]), 4)
+    assert partial["defined"] == 2 and evaluate.format_estimate(partial, 4).endswith("(2 resamples)")
+    full = evaluate._estimate(np.array([0.5, 0.4, 0.45, 0.6, 0.55]), 4)
+    assert full["defined"] == 4 and "resamples" not in evaluate.format_estimate(full, 4)
