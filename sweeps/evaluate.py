@@ -162,7 +162,7 @@ def evaluate_export(export_dir: str | os.PathLike, split: str = "test", *, datas
     _check_out(out, json_name, overwrite)
 
     start = time.monotonic()
-    model, cfg = load_exported(export_dir, device)
+    model, cfg = load_exported(export_dir, device, verified=True)  # verify_export ran above
     eval_cfg = cfg.replace(val_json=str(annotations), images_dir=str(paths.images_dir), val_max_images=None)
     loader = build_loader(eval_cfg, "val")
     coco = loader.dataset.coco_gt()

@@ -153,7 +153,7 @@ def predict_folder(export_dir: str | Path, source: str | Path, out: str | Path, 
         raise InputError(f"INPUT {source}: none of its {len(files)} image file(s) can be read", _problems(skipped))
 
     start = time.perf_counter()
-    model, cfg = load_exported(export_dir, device=device)  # strict load at the trial's resolution and precision
+    model, cfg = load_exported(export_dir, device=device, verified=True)  # _verified_config checked the manifest
     model.eval()
     outcome = Outcome(out=out, skipped=skipped)
     with staged_folder(out, overwrite=overwrite, command=COMMAND) as staging:

@@ -212,7 +212,7 @@ def cached_model(export_dir):
 @pytest.fixture
 def fast(monkeypatch, cached_model):
     """The export's model built once for the module (the CLI still verifies the export first)."""
-    monkeypatch.setattr(exported, "load_exported", lambda directory, device="cpu": cached_model)
+    monkeypatch.setattr(exported, "load_exported", lambda directory, device="cpu", verified=False: cached_model)
 
 
 def test_the_default_threshold_is_the_trials_and_frame_k_picks_one_frame(fast, export_dir, angiograms, tmp_path,

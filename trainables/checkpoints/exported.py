@@ -118,14 +118,16 @@ def load_with_sam3(model, path: Path) -> tuple[list[str], list[str], list[str]]:
     return seen["keys"], list(seen["result"].missing_keys), list(seen["result"].unexpected_keys)
 
 
-def load_exported(directory: str | os.PathLike, device: str = "cpu"):
+def load_exported(directory: str | os.PathLike, device: str = "cpu", *, verified: bool = False):
     """Rebuild an exported model for use (evaluation, prediction): ``(model, trial_config)``, at the trial's
     resolution, with the trial's numeric precision set for this process (:func:`~trainables.precision.configure_precision`).
 
-    Checks the folder's manifest first; the model comes back in training mode (call ``.eval()``).
+    Checks the folder's manifest first, unless the caller just did (``verified``: hashing a full model's 3.4 GB
+    twice costs seconds); the model comes back in training mode (call ``.eval()``).
     """
     directory = Path(directory)
-    verify_export(directory)
+    if not verified:
+        verify_export(directory)
     cfg = TrialConfig.from_dict(json.loads((directory / TRIAL_CONFIG_FILE).read_text()),
                                 source=str(directory / TRIAL_CONFIG_FILE))
     configure_precision(cfg.precision)  # the TF32 switches the trial validated with (sam3 turns TF32 on at import)
