@@ -14,6 +14,10 @@ the machine's load: the report prints the load average and the process's CPU sec
 Not a timed test: run it by hand on an idle machine.
 
     TORCHDYNAMO_DISABLE=1 .venv/bin/python bench/learning.py [--minutes 10] [--out DIR] [--set key=value ...]
+                                                             [--phase1 DIR]
+
+``--phase1 DIR`` starts from the demo's Phase 1 weights instead of random ones (binary vessel segmentation on
+other patients, then weight surgery: ``sweeps/demo_phase1.py``), as ``make demo``'s Stage 2 sweep does.
 """
 
 from __future__ import annotations
@@ -201,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-every", type=int, default=100, help="steps between validations")
     parser.add_argument("--seed", type=int, default=0, help="data and trial seed")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override a TrialConfig field")
+    parser.add_argument("--phase1", type=Path, default=None, metavar="DIR",
+                        help="start from the demo's Phase 1 weights (sweeps/demo_phase1.py), trained into DIR on "
+                             "first use and reused after; default: random init")
     args = parser.parse_args(argv)
 
     out = args.out or Path(tempfile.mkdtemp(prefix="learning_"))
@@ -209,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     paths = generate_dataset(out / "data", args.train, args.val, DATA["size"], args.seed)
     data_s = time.perf_counter() - started
+    if args.phase1 is not None:
+        from sweeps.demo import make_surgered_checkpoint
+
+        args.set = [f"checkpoint={make_surgered_checkpoint(args.phase1)}", *args.set]
     values = {**SETTINGS, **paths.trial_fields(), "val_every": args.val_every, "max_steps": 1_000_000,
               "cpu_threads_per_worker": args.threads, "num_workers": 1, "seed": args.seed,
               **_parse_overrides(args.set)}

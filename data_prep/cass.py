@@ -50,6 +50,11 @@ CASS_CATEGORIES: tuple[CassCategory, ...] = (
     CassCategory(14, "proximal_lcx", "proximal left circumflex artery", "left"),
 )
 
+#: The one category of a Phase 1 (domain adaptation) set: every coronary vessel as binary segmentation, one
+#: instance per tree in view, as the Stage 2 notes' Phase 1 trained. Not a CASS category: only the demo's
+#: synthetic Phase 1 (``python -m data_prep.synthetic --vessel``) and :mod:`sweeps.demo_phase1` use it.
+VESSEL_CATEGORY: dict = {"id": 1, "name": "coronary artery", "short_name": "vessel", "supercategory": "coronary_tree"}
+
 NUM_CATEGORIES = len(CASS_CATEGORIES)
 BY_ID: dict[int, CassCategory] = {c.id: c for c in CASS_CATEGORIES}
 BY_SHORT_NAME: dict[str, CassCategory] = {c.short_name: c for c in CASS_CATEGORIES}

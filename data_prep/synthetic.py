@@ -44,6 +44,7 @@ FRAMES_PER_PATIENT = 4
 MIN_SEGMENTS, MAX_SEGMENTS = 5, 14
 _REFERENCE_SIZE = 224  # radii below are in pixels at this size and scale with the image
 _SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
+PRE_CONTRAST = 0.2  # share of a Phase 1 set's frames drawn before the contrast arrives (no vessel)
 
 
 @dataclass(frozen=True)
@@ -214,9 +215,21 @@ def _render_frame(
     return (np.clip(image, 0.0, 1.0) * 255).round().astype(np.uint8), masks
 
 
+def _vessel_masks(masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A Phase 1 frame's instances: the union of each coronary tree's drawn segments, by tree."""
+    trees: dict[str, np.ndarray] = {}
+    for name, mask in masks.items():
+        tree = _TREE_OF[name]
+        trees[tree] = trees[tree] | mask if tree in trees else mask
+    return trees
+
+
 def _write_split(
-    paths: DatasetPaths, split: str, n_images: int, size: int, seed: int, first_image_id: int
+    paths: DatasetPaths, split: str, n_images: int, size: int, seed: int, first_image_id: int,
+    pre_contrast: float | None = None,
 ) -> tuple[list[dict], list[dict]]:
+    """Draw one split's frames and their annotations. ``pre_contrast`` is None for CASS labels; a number
+    selects Phase 1 labels (:func:`_vessel_masks`) with that share of frames drawn before the contrast arrives."""
     images: list[dict] = []
     annotations: list[dict] = []
     n_patients = math.ceil(n_images / FRAMES_PER_PATIENT)
@@ -228,24 +241,37 @@ def _write_split(
                 rng = np.random.default_rng([seed, _SPLIT_CODES[split], p, f + 1])
                 curves = _build_curves(rng, angle_jitter=0.04, length_jitter=0.04, bend_jitter=0.02,
                                        shift_jitter=0.015, base=anatomy.curves)
-                pixels, masks = _render_frame(rng, curves, _sample_visible(rng, anatomy), size)
+                shown = _sample_visible(rng, anatomy)
+                if pre_contrast is not None and rng.random() < pre_contrast:
+                    shown = []  # a frame before the contrast arrives: catheter, no vessel
+                pixels, masks = _render_frame(rng, curves, shown, size)
                 image_id = first_image_id + len(images)
                 file_name = f"{patient_id}_f{f:02d}.png"
                 Image.fromarray(pixels, mode="L").save(paths.images_dir / file_name)
                 images.append({"id": image_id, "file_name": file_name, "width": size, "height": size,
                                "patient_id": patient_id})
-                for name in sorted(masks, key=lambda n: cass.BY_SHORT_NAME[n].id):
-                    annotations.append(mask_annotation(masks[name], ann_id=len(annotations) + 1,
-                                                       image_id=image_id,
-                                                       category_id=cass.BY_SHORT_NAME[name].id))
+                if pre_contrast is not None:
+                    labelled = [(mask, cass.VESSEL_CATEGORY["id"]) for _, mask in sorted(_vessel_masks(masks).items())]
+                else:
+                    labelled = [(masks[name], cass.BY_SHORT_NAME[name].id)
+                                for name in sorted(masks, key=lambda n: cass.BY_SHORT_NAME[n].id)]
+                for mask, category_id in labelled:
+                    annotations.append(mask_annotation(mask, ann_id=len(annotations) + 1, image_id=image_id,
+                                                       category_id=category_id))
                 bar.update()
     return images, annotations
 
 
 def generate_dataset(out: Path, n_train: int, n_val: int, size: int = 224, seed: int = 0, *, n_test: int = 0,
-                     overwrite: bool = False) -> DatasetPaths:
+                     overwrite: bool = False, vessel: bool = False,
+                     pre_contrast: float = PRE_CONTRAST) -> DatasetPaths:
     """Write a synthetic CASS dataset to ``out`` (images + train/val COCO JSON, and test JSON when ``n_test`` > 0)
     and return its paths.
+
+    ``vessel``: a Phase 1 (domain adaptation) set instead: one category, :data:`data_prep.cass.VESSEL_CATEGORY`,
+    one instance per coronary tree in view, and a ``pre_contrast`` share of frames with no vessel (the frames
+    of a run before the contrast arrives), so that "no vessel here" is learned too. Use a ``seed`` of its own:
+    Phase 1 and Stage 2 images should not be the same patients.
 
     Deterministic: the same arguments give byte-identical files. Train, val and test use different patients.
     Built beside ``out`` and renamed into place at the end (:func:`common.outputs.staged_folder`): an existing
@@ -260,12 +286,20 @@ def generate_dataset(out: Path, n_train: int, n_val: int, size: int = 224, seed:
         paths.images_dir.mkdir(parents=True)
         next_id = 1
         for split, n in (("train", n_train), ("val", n_val), *((("test", n_test),) if n_test else ())):
-            images, annotations = _write_split(paths, split, n, size, seed, next_id)
+            images, annotations = _write_split(paths, split, n, size, seed, next_id,
+                                               pre_contrast if vessel else None)
             next_id += len(images)
-            doc = coco_document(images, annotations, description=f"synthetic CASS {split}, seed {seed}")
+            if vessel:
+                doc = {"info": {"description": f"synthetic Phase 1 vessels {split}, seed {seed}"}, "images": images,
+                       "annotations": annotations, "categories": [cass.VESSEL_CATEGORY]}
+            else:
+                doc = coco_document(images, annotations, description=f"synthetic CASS {split}, seed {seed}")
             write_json_atomic(paths.annotations(split), doc)
             counts[split] = dict(Counter(a["category_id"] for a in annotations))
-    print(instance_table(counts))
+    if vessel:
+        print("vessel instances: " + ", ".join(f"{split} {sum(c.values())}" for split, c in counts.items()))
+    else:
+        print(instance_table(counts))
     return DatasetPaths(Path(out))
 
 
@@ -278,11 +312,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="number of held-out test images (default 0: no test.json)")
     parser.add_argument("--size", type=int, default=224, help="image side in pixels")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vessel", action="store_true",
+                        help="a Phase 1 set: one 'coronary artery' category (binary vessel segmentation), "
+                             f"{PRE_CONTRAST:.0%} of frames before the contrast arrives")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace --out if it is a dataset this project wrote")
     args = parser.parse_args(argv)
     paths = generate_dataset(args.out, args.train, args.val, size=args.size, seed=args.seed, n_test=args.test,
-                             overwrite=args.overwrite)
+                             overwrite=args.overwrite, vessel=args.vessel)
     print(f"wrote {', '.join(str(paths.annotations(split)) for split in paths.splits())}")
     return 0
 

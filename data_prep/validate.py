@@ -198,8 +198,12 @@ def _check_image_file(path: Path, width: int, height: int) -> str | None:
     return f"file {path} {problem}" if problem else None
 
 
-def _check_categories(src: str, categories: list, report: ValidationReport) -> set[int]:
-    """Check the categories list against CASS; return the ids usable by annotations."""
+def _check_categories(src: str, categories: list, report: ValidationReport, vessel: bool = False) -> set[int]:
+    """Check the categories list against CASS (or, with ``vessel``, against the Phase 1 vessel category); return
+    the ids usable by annotations."""
+    expected_by_id = ({cass.VESSEL_CATEGORY["id"]: cass.VESSEL_CATEGORY} if vessel
+                      else {c.id: c.coco() for c in cass.CASS_CATEGORIES})
+    kind = "Phase 1 vessel" if vessel else "CASS"
     seen: set[int] = set()
     for i, cat in enumerate(categories):
         missing = _missing_keys(cat, _CATEGORY_KEYS)
@@ -210,27 +214,30 @@ def _check_categories(src: str, categories: list, report: ValidationReport) -> s
         if _is_int(cid) and cid in seen:
             report.errors.append(f"{src}: category id {cid} field 'id' is duplicated; ids must be unique")
             continue
-        if not _is_int(cid) or cid not in cass.BY_ID:
+        if not _is_int(cid) or cid not in expected_by_id:
+            fix = (f"a Phase 1 vessel file has the one category {cass.VESSEL_CATEGORY}" if vessel else
+                   f"use ids 1-{cass.NUM_CATEGORIES} from data_prep.cass (convert with data_prep.create_coco_cass, or "
+                   "map an existing COCO file with data_prep.remap)")
             report.errors.append(
-                f"{src}: category id {excerpt(cid)} ({excerpt(cat['name'])}) field 'id' is not a CASS category; use ids "
-                f"1-{cass.NUM_CATEGORIES} from data_prep.cass (convert with data_prep.create_coco_cass, or map an "
-                "existing COCO file with data_prep.remap)")
+                f"{src}: category id {excerpt(cid)} ({excerpt(cat['name'])}) field 'id' is not a {kind} category; {fix}")
             continue
         seen.add(cid)
-        expected = cass.BY_ID[cid]
-        if cat["name"] != expected.prompt:
+        expected = expected_by_id[cid]
+        if cat["name"] != expected["name"]:
+            fix = "" if vessel else ("; map an existing COCO file's categories with "
+                                     "`python -m data_prep.remap IN.json OUT.json`")
             report.errors.append(
-                f"{src}: category id {cid} field 'name' is {excerpt(cat['name'])}, expected the CASS prompt "
-                f"{expected.prompt!r} (sam3 uses 'name' as the text prompt); map an existing COCO file's "
-                "categories with `python -m data_prep.remap IN.json OUT.json`")
-        if "short_name" in cat and cat["short_name"] != expected.short_name:
+                f"{src}: category id {cid} field 'name' is {excerpt(cat['name'])}, expected the {kind} prompt "
+                f"{expected['name']!r} (sam3 uses 'name' as the text prompt){fix}")
+        if "short_name" in cat and cat["short_name"] != expected["short_name"]:
             report.errors.append(f"{src}: category id {cid} field 'short_name' is {excerpt(cat['short_name'])}, "
-                                 f"expected {expected.short_name!r}")
-    absent = sorted(set(cass.BY_ID) - seen)
+                                 f"expected {expected['short_name']!r}")
+    absent = sorted(set(expected_by_id) - seen)
     if absent:
-        report.errors.append(f"{src}: field 'categories' lacks CASS category id(s) {absent}; list all "
-                             f"{cass.NUM_CATEGORIES} (data_prep.cass.coco_categories())")
-    return seen & set(cass.BY_ID)
+        listing = f"the one category {cass.VESSEL_CATEGORY}" if vessel else (
+            f"all {cass.NUM_CATEGORIES} (data_prep.cass.coco_categories())")
+        report.errors.append(f"{src}: field 'categories' lacks {kind} category id(s) {absent}; list {listing}")
+    return seen
 
 
 def _check_images(src: str, images: list, images_dir: Path | None, check_files: bool,
@@ -352,10 +359,11 @@ def _check_annotations(src: str, annotations: list, images: dict[int, dict], cat
 
 
 def validate_coco(annotations: Path, images_dir: Path | None, *, check_images: bool = True,
-                  follow_links: bool = False) -> ValidationReport:
+                  follow_links: bool = False, vessel: bool = False) -> ValidationReport:
     """Validate one COCO CASS file; with ``images_dir`` and ``check_images`` also open every image. Every
     ``file_name`` must stay inside ``images_dir`` (:func:`data_prep.layout.image_file`; ``follow_links``:
-    symlinks may point outside it)."""
+    symlinks may point outside it). ``vessel``: a Phase 1 file, whose one category is
+    :data:`data_prep.cass.VESSEL_CATEGORY`, instead of the 14 CASS categories."""
     report = ValidationReport()
     src = str(annotations)
     try:
@@ -378,7 +386,7 @@ def validate_coco(annotations: Path, images_dir: Path | None, *, check_images: b
     if bad:
         report.errors.append(f"{src}: top-level field(s) {bad} missing or not lists; a COCO file needs all three")
         return report
-    category_ids = _check_categories(src, doc["categories"], report)
+    category_ids = _check_categories(src, doc["categories"], report, vessel)
     images, refused = _check_images(src, doc["images"], images_dir, check_images, report, follow_links)
     _check_annotations(src, doc["annotations"], images, category_ids, report, refused)
     return report
@@ -396,22 +404,23 @@ def _shared_patients(files: Sequence[Path]) -> list[str]:
 
 
 def validate_files(files: Sequence[Path], images_dir: Path | None, *, check_images: bool = True,
-                   follow_links: bool = False) -> ValidationReport:
+                   follow_links: bool = False, vessel: bool = False) -> ValidationReport:
     """Validate several COCO files sharing ``images_dir`` (e.g. train, val, test), plus patient leakage between
     any two of them."""
     report = ValidationReport()
     for path in files:
-        report.extend(validate_coco(path, images_dir, check_images=check_images, follow_links=follow_links))
+        report.extend(validate_coco(path, images_dir, check_images=check_images, follow_links=follow_links,
+                                    vessel=vessel))
     if report.ok and len(files) > 1:
         report.errors += _shared_patients(files)
     return report
 
 
-def validate_dataset(paths: DatasetPaths, *, check_images: bool = True) -> ValidationReport:
+def validate_dataset(paths: DatasetPaths, *, check_images: bool = True, vessel: bool = False) -> ValidationReport:
     """Validate a dataset folder: the JSON of every split (train, val, and test when present), their images, and
     that no patient is in two splits."""
     return validate_files([paths.annotations(split) for split in paths.splits()], paths.images_dir,
-                          check_images=check_images)
+                          check_images=check_images, vessel=vessel)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -422,11 +431,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-image-check", action="store_true", help="do not open the image files")
     parser.add_argument("--follow-links", action="store_true",
                         help="image files may be symlinks to files outside --images (refused otherwise)")
+    parser.add_argument("--vessel", action="store_true",
+                        help="Phase 1 files (one 'coronary artery' category) instead of the 14 CASS categories")
     args = parser.parse_args(argv)
     if args.images is not None and not args.no_image_check and not args.images.is_dir():
         raise InputError(f"--images {args.images}: not a folder; pass the folder the file_names are relative to")
     report = validate_files(args.annotations, args.images, check_images=not args.no_image_check,
-                            follow_links=args.follow_links)
+                            follow_links=args.follow_links, vessel=args.vessel)
     for warning in report.warnings:
         print(f"warning: {warning}")
     report.raise_if_errors()

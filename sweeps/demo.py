@@ -2,11 +2,12 @@
 
     python -m sweeps.demo --out demo_out
 
-1. synthetic angiograms (COCO, 14 CASS categories), validated;
-2. a tiny SAM3-architecture "Phase 1" checkpoint in the Phase 1 wrapper's format, then weight surgery
-   into SAM3's native format (verified by a strict load);
-3. the local sweep (``sweeps/configs/local.yaml``: Ray Tune + Optuna + ASHA, 2 Gloo workers per trial)
-   starting from the surgered weights;
+1. Phase 1 as the group ran it, in miniature (``sweeps/demo_phase1.py``, cached by its settings): a tiny
+   SAM3-architecture model learns binary vessel segmentation on synthetic angiograms of other patients and is
+   saved in the Phase 1 wrapper's format; weight surgery turns it into SAM3's native format (strict load);
+2. synthetic angiograms with the 14 CASS segments (COCO), validated;
+3. the local sweep (``sweeps/configs/local.yaml``: Ray Tune + Optuna + ASHA on val Dice, 2 Gloo workers per
+   trial) fine-tuning the 14 segments from the surgered Phase 1 weights;
 4. export of the best checkpoint, re-evaluated on the validation set (must match the reported Dice);
 5. the export evaluated on the held-out test split, which nothing was chosen on (``sweeps.evaluate``: 95%
    bootstrap intervals, the Stage 2 targets);
@@ -14,8 +15,8 @@
 7. the HTML sweep report, with the test evaluation and the new angiograms' predictions.
 
 Every step prints where its output is; a second run reuses finished steps (delete ``--out`` to start over).
-After ``sweeps/configs/local.yaml`` changed, the earlier run's data, sweep, export and report are moved to
-``--out``/previous-<time>/ and made afresh.
+After ``sweeps/configs/local.yaml`` or Phase 1's settings changed, the earlier run's data, sweep, export and
+report are moved to ``--out``/previous-<time>/ and made afresh.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ from common.outputs import MARKER, is_empty_folder, is_our_folder, mark  # noqa:
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_CONFIG = REPO / "sweeps" / "configs" / "local.yaml"
-DATA_DIR, SURGERED, CONFIG_FILE = "data", "phase1_tiny_native.pt", "demo_sweep.yaml"
-#: what depends on local.yaml (the tiny Phase 1 checkpoint does not): redone when the config changes
+DATA_DIR, CONFIG_FILE = "data", "demo_sweep.yaml"
+#: what depends on local.yaml and Phase 1 (cached apart, sweeps/demo_phase1.py): redone when either changes
 CONFIG_DERIVED = (DATA_DIR, "sweeps", "best", "best-evaluation", "new_angiograms", "predictions", "report", CONFIG_FILE)
 NEW_ANGIOGRAMS = 4  # images of patients no split holds, for step 6
 
@@ -66,26 +67,28 @@ def make_dataset(out: Path, synthetic: dict) -> Path:
 
 
 def make_surgered_checkpoint(out: Path) -> Path:
-    """Step 2: a tiny model saved as Phase 1 would have, then weight surgery to the native format."""
-    from trainables.checkpoints.phase1 import write_phase1_checkpoint
+    """Step 2: Phase 1 (binary vessel domain adaptation, cached), saved as the Phase 1 wrapper saves it, then
+    weight surgery to the native format; return the surgered file."""
+    from sweeps.demo_phase1 import NATIVE_FILE, train_phase1
     from trainables.checkpoints.surgery import surgery
-    from trainables.model import build_model
 
-    phase1, surgered = out / "phase1_tiny.pt", out / SURGERED
+    phase1 = train_phase1(out)
+    surgered = phase1.folder / NATIVE_FILE
     if not surgered.exists():
-        write_phase1_checkpoint(build_model("tiny", seed=0), phase1, resolution=448)
-        print(surgery(phase1, surgered, preset="tiny"))
-    print(f"Phase 1 checkpoint: {phase1}\nsurgered (native format): {surgered}")
+        print(surgery(phase1.checkpoint, surgered, preset="tiny"))
+    print(f"Phase 1 (binary vessels, {phase1.folder / 'data'}): vessel Dice {phase1.metrics['vessel_dice']:.3f} at "
+          f"step {phase1.metrics['step']:.0f} ({phase1.metrics['seconds']:.0f} s)\n"
+          f"Phase 1 checkpoint: {phase1.checkpoint}\nsurgered (native format): {surgered}")
     return surgered
 
 
-def demo_sweep_config(out: Path) -> str:
-    """Step 3's config (YAML text): local.yaml with this demo's data, weights and output folder."""
+def demo_sweep_config(out: Path, surgered: Path) -> str:
+    """Step 3's config (YAML text): local.yaml with this demo's data, Phase 1 weights and output folder."""
     raw = yaml.safe_load(LOCAL_CONFIG.read_text())
     raw["storage_path"] = str(out / "sweeps")
     raw["search_space"] = str(REPO / raw["search_space"])
     raw["dataset"]["dir"] = str(out / DATA_DIR)
-    raw["trial"]["checkpoint"] = str(out / SURGERED)
+    raw["trial"]["checkpoint"] = str(surgered)
     return yaml.safe_dump(raw, sort_keys=False)
 
 
@@ -177,18 +180,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "what it finds there, so pick a new or empty folder")
     out.mkdir(parents=True, exist_ok=True)
     mark(out, "python -m sweeps.demo")
-    config_text = demo_sweep_config(out)
+    banner("1/7 Phase 1: a tiny SAM3 model learns binary vessel segmentation -> weight surgery")
+    surgered = make_surgered_checkpoint(out)
+    config_text = demo_sweep_config(out, surgered)
     synthetic = yaml.safe_load(config_text)["dataset"]["synthetic"]
     previous = set_aside_if_changed(out, config_text)
     if previous is not None:
-        print(f"{LOCAL_CONFIG.relative_to(REPO)} changed since the last demo in {out}: its data, sweep, export "
-              f"and report were moved to {previous}; starting them afresh")
-
-    banner("1/7 synthetic angiograms")
+        print(f"{LOCAL_CONFIG.relative_to(REPO)} or Phase 1 changed since the last demo in {out}: its data, sweep, "
+              f"export and report were moved to {previous}; starting them afresh")
+    banner("2/7 synthetic angiograms with the 14 CASS segments")
     dataset = make_dataset(out, synthetic)
-    banner("2/7 Phase 1 checkpoint -> weight surgery")
-    make_surgered_checkpoint(out)
-    banner("3/7 sweep (Ray Tune + Optuna + ASHA)")
+    banner("3/7 Stage 2 sweep from the Phase 1 weights (Ray Tune + Optuna + ASHA)")
     config = out / CONFIG_FILE
     config.write_text(config_text)
     experiment = run_demo_sweep(config)

@@ -295,11 +295,14 @@ def format_table(result: dict[str, Any]) -> str:
     for name, entry in figures.items():
         lines.append(f"{entry['label']:<22}{cell(entry['all']):>26}   ({entry['description']})")
     segmented = [n for n in figures if "per_category" in figures[n]]
-    header = f"{'segment':<20}" + "".join(f"{figures[n]['label']:>26}" for n in segmented)
-    lines += ["", header]
-    for category in figures[segmented[0]]["per_category"]:
-        lines.append(f"{category:<20}" + "".join(f"{cell(figures[n]['per_category'][category]):>26}"
-                                                 for n in segmented))
+    rows = {category: [cell(figures[n]["per_category"][category]) for n in segmented]
+            for category in figures[segmented[0]]["per_category"]}
+    # columns as wide as their widest cell: a "(N resamples)" note must not shift the columns after it
+    widths = [max([26, len(figures[n]["label"]) + 2] + [len(r[i]) + 2 for r in rows.values()])
+              for i, n in enumerate(segmented)]
+    lines += ["", f"{'segment':<20}" + "".join(f"{figures[n]['label']:>{w}}" for n, w in zip(segmented, widths))]
+    for category, cells in rows.items():
+        lines.append(f"{category:<20}" + "".join(f"{c:>{w}}" for c, w in zip(cells, widths)))
     lines.append("")
     lines += [format_target(t) for t in result["targets"]]
     return "\n".join(lines)

@@ -232,7 +232,8 @@ def dataset_problems(cfg: SweepConfig) -> list[str]:
     from data_prep.validate import summarise, validate_files
 
     images = Path(t.images_dir) if t.images_dir and Path(t.images_dir).is_dir() else None
-    errors = summarise(validate_files(files, images, follow_links=t.follow_image_links).errors)
+    errors = summarise(validate_files(files, images, follow_links=t.follow_image_links,
+                                      vessel=t.categories == "vessel").errors)
     if len(errors) > MAX_LISTED:
         errors = errors[:MAX_LISTED] + [f"... and {len(errors) - MAX_LISTED} more COCO error(s): run "
                                         f"`python -m data_prep.validate {' '.join(map(str, files))} --images {images}`"]

@@ -38,12 +38,12 @@ def test_shipped_spaces_sample_valid_trial_configs(path):
 
 @pytest.mark.parametrize("path", SHIPPED)
 def test_shipped_spaces_start_from_sam3_defaults(path):
-    """The first point is SAM3's published setting; the CPU demo's random-init tiny model keeps SAM3's
-    loss weights but needs its own (higher) learning rate, that of bench/learning.py."""
+    """The first point is SAM3's published setting; the CPU demo's tiny model keeps SAM3's loss weights but
+    needs its own (higher) learning rates, those of bench/learning.py."""
     (baseline,) = load_search_spec(path).points_to_evaluate
     defaults = TrialConfig()
     if path.endswith("local.yaml"):
-        assert baseline.pop("lr_transformer") == 1e-3
+        assert (baseline.pop("lr_transformer"), baseline.pop("lr_vision")) == (1e-3, 1e-3)
     assert baseline == {name: getattr(defaults, name) for name in baseline}
 
 

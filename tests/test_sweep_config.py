@@ -29,9 +29,15 @@ def with_(**changes):
 
 
 def test_local_config_is_a_small_cpu_sweep_on_generated_data():
+    """Laid out as stage2.yaml (one-worker trials, two at once on 2 CPUs), ASHA deciding on val Dice at reports
+    of their own, at least 6 trials (the demo's issue)."""
     cfg = load_sweep_config("sweeps/configs/local.yaml")
-    assert cfg.trial.preset == "tiny" and not cfg.trial.use_gpu and cfg.trial.num_workers == 2
-    assert cfg.dataset.synthetic is not None
+    t = cfg.trial
+    assert t.preset == "tiny" and not t.use_gpu and t.num_workers == 1 and t.cpu_threads_per_worker == 1
+    assert cfg.num_samples >= 6 and cfg.scheduler.metric == "val_dice"
+    rungs = [cfg.scheduler.grace_period * cfg.scheduler.reduction_factor ** k for k in range(3)]
+    assert all(r % t.val_every == 0 for r in rungs if r < t.max_steps)
+    assert cfg.dataset.synthetic is not None and cfg.dataset.synthetic.test > 0
     assert cfg.trial.train_json == str(Path(cfg.dataset.dir) / "annotations" / "train.json")
     assert Path(cfg.search_space).exists()
 

@@ -401,3 +401,18 @@ def test_an_interval_from_fewer_resamples_than_drawn_says_how_many():
     assert partial["defined"] == 2 and evaluate.format_estimate(partial, 4).endswith("(2 resamples)")
     full = evaluate._estimate(np.array([0.5, 0.4, 0.45, 0.6, 0.55]), 4)
     assert full["defined"] == 4 and "resamples" not in evaluate.format_estimate(full, 4)
+
+
+def test_the_segment_table_keeps_its_columns_aligned_when_a_cell_names_its_resamples():
+    full = {"mean": 0.5, "low": 0.4, "high": 0.6, "defined": 10}
+    partial = {"mean": 0.0, "low": 0.0, "high": 0.0, "defined": 7}
+    figure = {"description": "d", "all": full}
+    result = {"split": "test", "dataset": "D", "images": 4, "targets": [],
+              "bootstrap": {"units": 2, "unit": "patient", "resamples": 10},
+              "figures": {"a": {**figure, "label": "A", "per_category": {"ramus": partial, "pda": full}},
+                          "b": {**figure, "label": "B", "per_category": {"ramus": full, "pda": partial}}}}
+    lines = evaluate.format_table(result).splitlines()
+    header, ramus, pda = (next(line for line in lines if line.startswith(name)) for name in ("segment", "ramus", "pda"))
+    assert "(7 resamples)" in ramus and "(7 resamples)" in pda
+    assert len(header) == len(ramus) == len(pda)  # every column right-aligned at the same place
+    assert header.index("A") + 1 == ramus.index("(7 resamples)") + len("(7 resamples)")

@@ -121,3 +121,59 @@ def test_cli_writes_a_test_split_when_asked(tmp_path, capsys):
     assert main(["--out", str(tmp_path / "d"), "--train", "1", "--val", "1", "--test", "1", "--size", "64"]) == 0
     assert str(tmp_path / "d" / "annotations" / "test.json") in capsys.readouterr().out
     assert (tmp_path / "d" / "annotations" / "test.json").is_file()
+
+
+# --- the Phase 1 (domain adaptation) variant: binary vessel segmentation --------------------------------------
+
+@pytest.fixture(scope="module")
+def vessel_set(tmp_path_factory):
+    return generate_dataset(tmp_path_factory.mktemp("syn") / "v", n_train=40, n_val=8, seed=100, vessel=True)
+
+
+def test_a_vessel_set_has_one_category_and_one_instance_per_tree_in_view(vessel_set):
+    doc = json.loads(vessel_set.train_json.read_text())
+    assert doc["categories"] == [cass.VESSEL_CATEGORY]
+    per_image = Counter(a["image_id"] for a in doc["annotations"])
+    assert set(per_image.values()) <= {1, 2}  # right and/or left tree
+    assert {a["category_id"] for a in doc["annotations"]} == {cass.VESSEL_CATEGORY["id"]}
+
+
+def test_a_vessel_instance_is_the_union_of_its_trees_cass_segments(tmp_path, vessel_set):
+    """Same seed, same frames: each CASS segment lies inside the vessel instance of its tree, and the vessel
+    pixels are exactly the segments' pixels (no vessel is labelled that CASS does not draw)."""
+    cass_set = generate_dataset(tmp_path / "c", n_train=40, n_val=8, seed=100)
+    vessel = COCO(str(vessel_set.train_json))
+    segments = COCO(str(cass_set.train_json))
+    checked = 0
+    for image_id in segments.getImgIds():
+        seg_union = [segments.annToMask(a) for a in segments.loadAnns(segments.getAnnIds(imgIds=image_id))]
+        vessel_union = [vessel.annToMask(a) for a in vessel.loadAnns(vessel.getAnnIds(imgIds=image_id))]
+        if not seg_union or not vessel_union:  # a pre-contrast frame of the vessel set draws nothing
+            continue
+        np.testing.assert_array_equal(np.max(seg_union, axis=0), np.max(vessel_union, axis=0))
+        checked += 1
+    assert checked >= 20
+
+
+def test_a_vessel_set_holds_frames_before_the_contrast_arrives(vessel_set):
+    """About PRE_CONTRAST of the frames show no vessel (only the catheter): Phase 1 learns "no vessel" too."""
+    doc = json.loads(vessel_set.train_json.read_text())
+    empty = {i["id"] for i in doc["images"]} - {a["image_id"] for a in doc["annotations"]}
+    assert 0.05 <= len(empty) / len(doc["images"]) <= 0.4
+    for image in doc["images"]:
+        if image["id"] in empty:  # the frame is bright: no dark vessel was drawn
+            pixels = np.asarray(Image.open(vessel_set.images_dir / image["file_name"]), dtype=float)
+            assert (pixels < 100).mean() < 0.01
+
+
+def test_the_validator_accepts_a_vessel_set_only_as_one(vessel_set, dataset):
+    assert validate_dataset(vessel_set, vessel=True).ok
+    as_cass = validate_dataset(vessel_set, check_images=False)
+    assert any("lacks CASS category id(s)" in e for e in as_cass.errors)
+    as_vessel = validate_dataset(dataset, check_images=False, vessel=True)
+    assert any("is not a Phase 1 vessel category" in e and "coronary artery" in e for e in as_vessel.errors)
+
+
+def test_the_vessel_variant_leaves_the_cass_set_unchanged(tmp_path, dataset):
+    again = generate_dataset(tmp_path / "d", n_train=24, n_val=8, seed=0, vessel=False)
+    assert _files(again.root) == _files(dataset.root)

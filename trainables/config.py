@@ -40,6 +40,10 @@ class TrialConfig:
     follow_image_links: bool = setting(False, "image files may be symlinks to files outside images_dir (off: "
                                        "such a link is refused, so a dataset is read only from its folder)",
                                        searchable=False)
+    categories: Literal["cass", "vessel"] = setting("cass", "what the COCO files label: `cass`, the 14 CASS "
+                                                    "segments (Stage 2); `vessel`, Phase 1's one `coronary artery` "
+                                                    "category (binary vessel segmentation: the demo's domain "
+                                                    "adaptation, sweeps/demo_phase1.py)", searchable=False)
     # --- model ---
     preset: Literal["tiny", "full"] = setting("tiny", "sam3 architecture: `full` (SAM3) or `tiny` (same classes, "
                                               "small widths, for CPUs and tests)")

@@ -145,8 +145,8 @@ class CassDataset(torch.utils.data.Dataset):
 
     def __init__(self, annotations: str | Path, images_dir: str | Path, resolution: int, *, train: bool,
                  hflip: bool = False, brightness_contrast: float = 0.0, seed: int = 0,
-                 follow_links: bool = False) -> None:
-        report = validate_coco(Path(annotations), Path(images_dir), follow_links=follow_links)
+                 follow_links: bool = False, vessel: bool = False) -> None:
+        report = validate_coco(Path(annotations), Path(images_dir), follow_links=follow_links, vessel=vessel)
         report.raise_if_errors()
         for warning in report.warnings:
             log.warning("%s", warning)
@@ -260,7 +260,7 @@ def build_dataset(cfg: TrialConfig, split: str) -> CassDataset:
     train = split == "train"
     return CassDataset(cfg.train_json if train else cfg.val_json, cfg.images_dir, cfg.resolution, train=train,
                        hflip=cfg.hflip, brightness_contrast=cfg.brightness_contrast, seed=cfg.seed,
-                       follow_links=cfg.follow_image_links)
+                       follow_links=cfg.follow_image_links, vessel=cfg.categories == "vessel")
 
 
 def build_loader(cfg: TrialConfig, split: str, *, rank: int = 0, world_size: int = 1,
