@@ -232,6 +232,10 @@ def _check_categories(src: str, categories: list, report: ValidationReport, vess
         if "short_name" in cat and cat["short_name"] != expected["short_name"]:
             report.errors.append(f"{src}: category id {cid} field 'short_name' is {excerpt(cat['short_name'])}, "
                                  f"expected {expected['short_name']!r}")
+    if not vessel and [c.get("id") for c in categories if isinstance(c, dict)] == [cass.VESSEL_CATEGORY["id"]] \
+            and categories[0].get("name") == cass.VESSEL_CATEGORY["name"]:
+        report.errors.append(f"{src}: this is a Phase 1 vessel file (one {cass.VESSEL_CATEGORY['name']!r} category), "
+                             "not a CASS one: validate it with --vessel; Stage 2 trains on the 14 CASS categories")
     absent = sorted(set(expected_by_id) - seen)
     if absent:
         listing = f"the one category {cass.VESSEL_CATEGORY}" if vessel else (
@@ -318,7 +322,8 @@ def _check_annotation(src: str, ann: dict, img: dict, report: ValidationReport) 
 
 
 def _check_annotations(src: str, annotations: list, images: dict[int, dict], category_ids: set[int],
-                       report: ValidationReport, refused_images: set[str] = frozenset()) -> None:
+                       report: ValidationReport, refused_images: set[str] = frozenset(),
+                       vessel: bool = False) -> None:
     """Check every annotation; those of an image record already refused (``refused_images``, ids as text) are
     skipped: their image's own error is the one to fix, and repeating it per annotation would bury it."""
     seen: set[int] = set()
@@ -342,8 +347,9 @@ def _check_annotations(src: str, annotations: list, images: dict[int, dict], cat
             continue
         seen.add(ann["id"])
         if ann["category_id"] not in category_ids:
-            report.errors.append(f"{src}: {ident} field 'category_id' {excerpt(ann['category_id'])} is not a CASS "
-                                 f"category of this file (1-{cass.NUM_CATEGORIES})")
+            known = sorted(category_ids) or "none"
+            report.errors.append(f"{src}: {ident} field 'category_id' {excerpt(ann['category_id'])} is not a "
+                                 f"category of this file (valid ids: {known})")
         else:
             present[ann["category_id"]] += 1
         if ann["image_id"] not in images:
@@ -354,8 +360,9 @@ def _check_annotations(src: str, annotations: list, images: dict[int, dict], cat
             continue
         _check_annotation(src, ann, images[ann["image_id"]], report)
     for cid in sorted(category_ids - set(present)):
-        report.warnings.append(f"{src}: category id {cid} ({cass.BY_ID[cid].short_name}) has no instance "
-                               "in this file; its metrics will be undefined")
+        name = cass.VESSEL_CATEGORY["short_name"] if vessel else cass.BY_ID[cid].short_name
+        report.warnings.append(f"{src}: category id {cid} ({name}) has no instance in this file; its metrics will "
+                               "be undefined")
 
 
 def validate_coco(annotations: Path, images_dir: Path | None, *, check_images: bool = True,
@@ -388,7 +395,7 @@ def validate_coco(annotations: Path, images_dir: Path | None, *, check_images: b
         return report
     category_ids = _check_categories(src, doc["categories"], report, vessel)
     images, refused = _check_images(src, doc["images"], images_dir, check_images, report, follow_links)
-    _check_annotations(src, doc["annotations"], images, category_ids, report, refused)
+    _check_annotations(src, doc["annotations"], images, category_ids, report, refused, vessel)
     return report
 
 

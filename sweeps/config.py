@@ -235,6 +235,10 @@ def _check_ranges(cfg: SweepConfig, problems: list[str]) -> None:
                         f"{cfg.trial.max_steps} (ASHA could never stop a trial)")
     if cfg.scheduler.metric not in ASHA_METRICS:
         problems.append(f"scheduler.metric: {excerpt(cfg.scheduler.metric)} is not one of {sorted(ASHA_METRICS)}")
+    if cfg.trial.categories != "cass":
+        problems.append(f"trial.categories: {excerpt(cfg.trial.categories)} is the demo's Phase 1 task "
+                        "(sweeps/demo_phase1.py trains it in one process); a Stage 2 sweep trains, scores and "
+                        "exports the 14 CASS categories: remove the setting or set it to cass")
     if cfg.failure.max_failures < -1:
         problems.append(f"failure.max_failures: {cfg.failure.max_failures!r} must be >= -1 (-1: retry forever)")
     for where, seed in (("searcher.seed", cfg.searcher.seed),

@@ -6,8 +6,8 @@
    SAM3-architecture model learns binary vessel segmentation on synthetic angiograms of other patients and is
    saved in the Phase 1 wrapper's format; weight surgery turns it into SAM3's native format (strict load);
 2. synthetic angiograms with the 14 CASS segments (COCO), validated;
-3. the local sweep (``sweeps/configs/local.yaml``: Ray Tune + Optuna + ASHA on val Dice, 2 Gloo workers per
-   trial) fine-tuning the 14 segments from the surgered Phase 1 weights;
+3. the local sweep (``sweeps/configs/local.yaml``: Ray Tune + Optuna + ASHA on val Dice, two one-worker trials
+   at once, as ``stage2.yaml``) fine-tuning the 14 segments from the surgered Phase 1 weights;
 4. export of the best checkpoint, re-evaluated on the validation set (must match the reported Dice);
 5. the export evaluated on the held-out test split, which nothing was chosen on (``sweeps.evaluate``: 95%
    bootstrap intervals, the Stage 2 targets);
@@ -42,6 +42,8 @@ LOCAL_CONFIG = REPO / "sweeps" / "configs" / "local.yaml"
 DATA_DIR, CONFIG_FILE = "data", "demo_sweep.yaml"
 #: what depends on local.yaml and Phase 1 (cached apart, sweeps/demo_phase1.py): redone when either changes
 CONFIG_DERIVED = (DATA_DIR, "sweeps", "best", "best-evaluation", "new_angiograms", "predictions", "report", CONFIG_FILE)
+#: an older demo's Phase 1 files (before sweeps/demo_phase1.py), set aside with its outputs
+LEGACY_PHASE1 = ("phase1_tiny.pt", "phase1_tiny_native.pt", "phase1_tiny_native.pt.extra_heads.pt")
 NEW_ANGIOGRAMS = 4  # images of patients no split holds, for step 6
 
 
@@ -50,7 +52,7 @@ def banner(text: str) -> None:
 
 
 def make_dataset(out: Path, synthetic: dict) -> Path:
-    """Step 1: generate (once) and validate the synthetic dataset; return its folder."""
+    """Step 2: generate (once) and validate the synthetic CASS dataset; return its folder."""
     from data_prep.layout import DatasetPaths
     from data_prep.synthetic import generate_dataset
     from data_prep.validate import validate_dataset
@@ -67,19 +69,15 @@ def make_dataset(out: Path, synthetic: dict) -> Path:
 
 
 def make_surgered_checkpoint(out: Path) -> Path:
-    """Step 2: Phase 1 (binary vessel domain adaptation, cached), saved as the Phase 1 wrapper saves it, then
+    """Step 1: Phase 1 (binary vessel domain adaptation, cached), saved as the Phase 1 wrapper saves it, then
     weight surgery to the native format; return the surgered file."""
-    from sweeps.demo_phase1 import NATIVE_FILE, train_phase1
-    from trainables.checkpoints.surgery import surgery
+    from sweeps.demo_phase1 import train_phase1
 
     phase1 = train_phase1(out)
-    surgered = phase1.folder / NATIVE_FILE
-    if not surgered.exists():
-        print(surgery(phase1.checkpoint, surgered, preset="tiny"))
     print(f"Phase 1 (binary vessels, {phase1.folder / 'data'}): vessel Dice {phase1.metrics['vessel_dice']:.3f} at "
           f"step {phase1.metrics['step']:.0f} ({phase1.metrics['seconds']:.0f} s)\n"
-          f"Phase 1 checkpoint: {phase1.checkpoint}\nsurgered (native format): {surgered}")
-    return surgered
+          f"Phase 1 checkpoint: {phase1.checkpoint}\nsurgered (native format): {phase1.native}")
+    return phase1.native
 
 
 def demo_sweep_config(out: Path, surgered: Path) -> str:
@@ -92,16 +90,18 @@ def demo_sweep_config(out: Path, surgered: Path) -> str:
     return yaml.safe_dump(raw, sort_keys=False)
 
 
-def set_aside_if_changed(out: Path, config_text: str) -> Path | None:
-    """Move what an earlier demo run made from a different config (data, sweep, export, report) to
-    ``out/previous-<UTC time>/`` so that this run starts them afresh; return that folder, or None."""
+def set_aside_if_changed(out: Path, config_text: str, phase1: Path | None = None) -> Path | None:
+    """Move what an earlier demo run made from a different config (data, sweep, export, report; Phase 1 folders
+    other than ``phase1``, the one in use; an older demo's Phase 1 files) to ``out/previous-<UTC time>/`` so that
+    this run starts them afresh; return that folder, or None."""
     config = out / CONFIG_FILE
     if not config.exists() or config.read_text() == config_text:
         return None
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     previous = out / f"previous-{stamp}"
     previous.mkdir()
-    for name in CONFIG_DERIVED:
+    stale_phase1 = [p.name for p in out.glob("phase1-*") if p.is_dir() and (phase1 is None or p != phase1)]
+    for name in (*CONFIG_DERIVED, *LEGACY_PHASE1, *stale_phase1):
         if (out / name).exists():
             shutil.move(out / name, previous / name)
     return previous
@@ -135,7 +135,7 @@ def export_and_recheck(experiment: Path, out: Path) -> Path:
     print(format_result(result))
     model = result.models[0]
     metrics = evaluate_model(*load_exported(model.directory))
-    # val_dice is what the sweep optimises; presence AUROC also checks it while the tiny model's Dice is still 0
+    # val_dice is what the sweep optimises; presence AUROC checks the scores the Dice threshold does not show
     for key in ("val_dice", "val_presence_auroc"):
         reported = float(model.metrics[key])
         print(f"re-evaluated {key} {metrics[key]:.6f} vs reported {reported:.6f} "
@@ -184,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     surgered = make_surgered_checkpoint(out)
     config_text = demo_sweep_config(out, surgered)
     synthetic = yaml.safe_load(config_text)["dataset"]["synthetic"]
-    previous = set_aside_if_changed(out, config_text)
+    previous = set_aside_if_changed(out, config_text, phase1=surgered.parent)
     if previous is not None:
         print(f"{LOCAL_CONFIG.relative_to(REPO)} or Phase 1 changed since the last demo in {out}: its data, sweep, "
               f"export and report were moved to {previous}; starting them afresh")

@@ -107,6 +107,7 @@ def test_a_uri_storage_needs_an_explicit_journal():
     ({"trial": {"lr_vision": "fast"}}, "trial.lr_vision: expected float, got 'fast'"),
     ({"trial": {"checkpoint": 3}}, "trial.checkpoint: expected str or null, got 3"),
     ({"trial": {"val_batch_size": 0}}, "trial.val_batch_size: 0 must be an integer >= 1, or null"),
+    ({"trial": {"categories": "vessel"}}, "trial.categories: 'vessel' is the demo's Phase 1 task"),
     ({"dataset": {"dir": "d"}, "trial": {"train_json": "t.json"}},
      "trial: ['train_json'] come from dataset.dir"),
     ({"dataset": {"synthetic": {"train": 2}}}, "dataset.dir: required"),
