@@ -1,0 +1,88 @@
+"""bench/search_replay.py: searchers replayed against a tabular benchmark's table, judged on test Dice."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+
+from bench import search_replay, tabular
+
+
+def write_table(folder, points, curve_of):
+    """A bench/tabular.py folder: ``points`` and, per (configuration, seed), the rows ``curve_of(c, s)``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "design.json").write_text(json.dumps({"configs": len(points), "design_seed": 0, "points": points}))
+    with (folder / "table.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["config", "seed", "step", "val_dice", "val_ap75", "test_dice",
+                                               "test_ap75"])
+        writer.writeheader()
+        for c in range(len(points)):
+            for s in (0, 1):
+                writer.writerows({"config": c, "seed": s, **row} for row in curve_of(c, s))
+
+
+def test_the_nearest_configuration_is_found_in_the_design_cube(tmp_path):
+    points = tabular.design(6, seed=0)
+    write_table(tmp_path, points, lambda c, s: [{"step": 10, "val_dice": 0.1, "val_ap75": 0, "test_dice": 0.1,
+                                                 "test_ap75": 0}])
+    table = search_replay.read_table(tmp_path)
+    for c, point in enumerate(points):
+        assert search_replay.nearest(table, point) == c
+        nudged = {**point, "lr_transformer": point["lr_transformer"] * 1.01}
+        assert search_replay.nearest(table, nudged) == c
+    assert search_replay.draw_seed(table, 0, points[0]) in (0, 1)
+    assert {search_replay.draw_seed(table, k, points[0]) for k in range(20)} == {0, 1}  # both seeds get drawn
+
+
+def test_a_configuration_missing_a_seed_is_left_out(tmp_path):
+    points = tabular.design(3, seed=0)
+    write_table(tmp_path, points, lambda c, s: [] if (c, s) == (2, 1) else
+                [{"step": 10, "val_dice": 0.1, "val_ap75": 0, "test_dice": 0.1, "test_ap75": 0}])
+    assert {c for c, _ in search_replay.read_table(tmp_path).curves} == {0, 1}
+
+
+def test_the_pick_is_the_highest_val_dice_within_the_budget_and_its_figure_the_test_dice():
+    reports = [{"spent": 10, "val_dice": 0.3, "test_dice": 0.2}, {"spent": 20, "val_dice": 0.5, "test_dice": 0.4},
+               {"spent": 30, "val_dice": 0.5, "test_dice": 0.45}, {"spent": 40, "val_dice": 0.9, "test_dice": 0.1}]
+    assert search_replay.pick_test_dice(reports, 35) == 0.45  # the last of equals, as sweeps/results.py
+    assert search_replay.pick_test_dice(reports, 40) == 0.1
+    assert math.isnan(search_replay.pick_test_dice(reports, 5))
+
+
+def test_the_sign_test_and_the_summary():
+    assert search_replay.sign_test(0, 0) == 1.0
+    assert search_replay.sign_test(20, 0) == pytest.approx(2 / 2**20)
+    assert search_replay.sign_test(15, 5) == pytest.approx(0.0414, abs=1e-4)  # binomial(20, 0.5), two-sided
+    summary = search_replay.compare([0.1, 0.0, -0.05, 0.2, math.nan])
+    assert (summary["wins"], summary["ties"], summary["losses"]) == (2, 1, 1)
+    assert summary["median"] == pytest.approx(0.05)
+
+
+def test_replayed_sweeps_through_the_sweeps_tune_config(tmp_path):
+    """Random and ASHA + TPE sweeps replay the table through Ray Tune: every report carries a spent budget, the
+    ASHA sweep stops some trials at its rung, and the picks' test Dice come from the table."""
+    import ray
+
+    points = tabular.design(8, seed=0)
+
+    def curve(c, s):  # configuration c learns at rate (c + 1) / 8; seed 1 a little better on test
+        return [{"step": step, "val_dice": (c + 1) / 8 * step / 400, "val_ap75": 0.0,
+                 "test_dice": (c + 1) / 8 * step / 400 + 0.01 * s, "test_ap75": 0.0} for step in range(50, 401, 50)]
+
+    write_table(tmp_path / "t", points, curve)
+    table = search_replay.read_table(tmp_path / "t")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        random = search_replay.replay_sweep(table, "random", 0, 3, tmp_path / "s")
+        asha = search_replay.replay_sweep(table, "asha+tpe", 0, 3, tmp_path / "s")
+    finally:
+        ray.shutdown()
+    assert [r["spent"] for r in random] == sorted(r["spent"] for r in random) and random[-1]["spent"] == 3 * 400
+    values = {round(row["test_dice"], 6) for rows in table.curves.values() for row in rows}
+    assert round(search_replay.pick_test_dice(random, 1200), 6) in values
+    asha_trials = {r["trial_id"] for r in asha}
+    assert len(asha_trials) > 3  # ASHA stopped some at step 150, so more trials fit the same budget
+    assert any(max(r["step"] for r in asha if r["trial_id"] == t) == 150 for t in asha_trials)
