@@ -40,7 +40,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.tabular import LOCAL_CONFIG, space  # noqa: E402
+from bench.tabular import LOCAL_CONFIG, is_log_scale, space  # noqa: E402
 
 Curve = list[dict[str, float]]
 METHODS = ("random", "asha+tpe", "tpe")
@@ -78,13 +78,12 @@ def read_table(folder: Path) -> Table:
 
 def unit(name: str, value: Any) -> float:
     """Where ``value`` of knob ``name`` lies in [0, 1] of the design's range (log scale where it samples so)."""
-    from ray.tune.search.sample import Categorical, LogUniform
+    from ray.tune.search.sample import Categorical
 
     domain = space()[name]
     if isinstance(domain, Categorical):
         return domain.categories.index(value) / max(len(domain.categories) - 1, 1)
-    sampler = domain.get_sampler()
-    if isinstance(sampler, LogUniform) or isinstance(getattr(sampler, "sampler", None), LogUniform):
+    if is_log_scale(domain):
         return (math.log(value) - math.log(domain.lower)) / (math.log(domain.upper) - math.log(domain.lower))
     return (float(value) - domain.lower) / (domain.upper - domain.lower)
 
@@ -168,12 +167,10 @@ def pick_test_dice(reports: list[dict[str, float]], budget: int) -> float:
 
 
 def sign_test(wins: int, losses: int) -> float:
-    """Two-sided exact sign test p-value (ties dropped)."""
-    n = wins + losses
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, k) for k in range(0, min(wins, losses) + 1)) / 2**n
-    return min(1.0, 2 * tail)
+    """Two-sided exact sign test p-value (ties dropped): scipy's binomial test of the wins at p = 1/2."""
+    from scipy.stats import binomtest
+
+    return float(binomtest(wins, wins + losses, 0.5).pvalue) if wins + losses else 1.0
 
 
 def compare(gains: list[float]) -> dict[str, float]:
@@ -199,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     budgets = {"1/3": budget // 3, "full": budget}
     print(f"table: {len({c for c, _ in table.curves})} complete configurations x seeds {table.seeds}, "
           f"{table.max_steps} steps; budget {budget} trial-steps ({args.samples} full trials)", flush=True)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     figures: dict[str, dict[str, list[float]]] = {m: {b: [] for b in budgets} for m in ("random", *args.methods)}
     with tempfile.TemporaryDirectory() as storage:
         for seed in args.seeds:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import math
 import os
@@ -53,8 +54,10 @@ FIGURES = ("dice", "ap75", "presence_auroc")
 COLUMNS = ("config", "seed", "step", *(f"{split}_{f}" for split in ("val", "test") for f in FIGURES), "train_loss")
 
 
+@functools.cache
 def space() -> dict[str, Any]:
-    """The design's knobs: stage2.yaml's search space, its learning-rate ranges replaced by local.yaml's."""
+    """The design's knobs: stage2.yaml's search space, its learning-rate ranges replaced by local.yaml's (read
+    once: the replay maps every trial's values through it)."""
     from search_spaces import load_search_space
 
     params = dict(load_search_space(STAGE2_SPACE))
@@ -63,19 +66,27 @@ def space() -> dict[str, Any]:
     return params
 
 
-def from_unit(domain: Any, u: float) -> Any:
-    """The value of Tune ``domain`` at ``u`` in [0, 1): log-uniform, uniform, quantised integer or a choice."""
-    from ray.tune.search.sample import Categorical, Float, Integer, LogUniform, Quantized
+def is_log_scale(domain: Any) -> bool:
+    """Whether Tune ``domain`` samples on a log scale (``loguniform``, quantised or not)."""
+    from ray.tune.search.sample import LogUniform
 
     sampler = domain.get_sampler()
+    return isinstance(sampler, LogUniform) or isinstance(getattr(sampler, "sampler", None), LogUniform)
+
+
+def from_unit(domain: Any, u: float) -> Any:
+    """The value of Tune ``domain`` at ``u`` in [0, 1): log-uniform, uniform, quantised integer or a choice."""
+    from ray.tune.search.sample import Categorical, Float, Integer, Quantized
+
     if isinstance(domain, Categorical):
         return domain.categories[min(int(u * len(domain.categories)), len(domain.categories) - 1)]
     low, high = domain.lower, domain.upper
     if isinstance(domain, Float):
-        if isinstance(sampler, LogUniform) or isinstance(getattr(sampler, "sampler", None), LogUniform):
+        if is_log_scale(domain):
             return float(math.exp(math.log(low) + u * (math.log(high) - math.log(low))))
         return float(low + u * (high - low))
     if isinstance(domain, Integer):
+        sampler = domain.get_sampler()
         q = sampler.q if isinstance(sampler, Quantized) else 1
         steps = (high - low) // q  # qrandint's upper bound is inclusive
         return int(low + min(int(u * (steps + 1)), steps) * q)

@@ -74,7 +74,7 @@ def test_replayed_sweeps_through_the_sweeps_tune_config(tmp_path):
 
     write_table(tmp_path / "t", points, curve)
     table = search_replay.read_table(tmp_path / "t")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         random = search_replay.replay_sweep(table, "random", 0, 3, tmp_path / "s")
         asha = search_replay.replay_sweep(table, "asha+tpe", 0, 3, tmp_path / "s")

@@ -177,3 +177,15 @@ def test_the_validator_accepts_a_vessel_set_only_as_one(vessel_set, dataset):
 def test_the_vessel_variant_leaves_the_cass_set_unchanged(tmp_path, dataset):
     again = generate_dataset(tmp_path / "d", n_train=24, n_val=8, seed=0, vessel=False)
     assert _files(again.root) == _files(dataset.root)
+
+
+def test_the_clis_write_and_check_a_vessel_set(tmp_path, capsys):
+    from data_prep import validate
+
+    out = tmp_path / "v"
+    assert main(["--out", str(out), "--train", "4", "--val", "2", "--size", "96", "--seed", "100", "--vessel"]) == 0
+    assert json.loads((out / "annotations" / "train.json").read_text())["categories"] == [cass.VESSEL_CATEGORY]
+    files = [str(out / "annotations" / f"{split}.json") for split in ("train", "val")]
+    assert validate.main([*files, "--images", str(out / "images"), "--vessel"]) == 0
+    with pytest.raises(Exception, match="validate it with --vessel"):  # checked as CASS: says which flag
+        validate.main([*files, "--images", str(out / "images")])
