@@ -54,8 +54,8 @@ class SchedulerConfig:
     """ASHA (max) on ``metric`` with ``step`` as time; ``max_t`` is the trial's ``max_steps``.
 
     ``metric`` is ``val_dice`` unless a sweep has reason to stop on another reported validation metric
-    (the CPU demo: its tiny model's thresholded Dice is still 0 everywhere after 20 steps, so ASHA could
-    not rank trials by it). Optuna's objectives stay (val_dice, val_ap75) whatever ASHA uses.
+    (e.g. trials from random weights, whose thresholded Dice stays 0 for hundreds of steps, so ASHA could
+    not rank them by it). Optuna's objectives stay (val_dice, val_ap75) whatever ASHA uses.
     """
 
     grace_period: int = 100  # steps a trial runs before ASHA may stop it
