@@ -123,15 +123,11 @@ def trial_settings(out: Path, steps: int, val_every: int) -> dict[str, Any]:
     import yaml
 
     from data_prep.layout import DatasetPaths
-    from data_prep.synthetic import generate_dataset
     from sweeps import demo_phase1
+    from sweeps.demo import make_dataset
 
     raw = yaml.safe_load(LOCAL_CONFIG.read_text(encoding="utf-8"))
-    synthetic = raw["dataset"]["synthetic"]
-    paths = DatasetPaths(out / "data")
-    if not paths.test_json.is_file():
-        paths = generate_dataset(out / "data", synthetic["train"], synthetic["val"], size=synthetic["size"],
-                                 seed=synthetic["seed"], n_test=synthetic["test"], overwrite=True)
+    paths = DatasetPaths(make_dataset(out, raw["dataset"]["synthetic"]))  # the demo's own step: made once, validated
     return {**raw["trial"], **paths.trial_fields(), "test_json": str(paths.test_json),
             "checkpoint": str(demo_phase1.train_phase1(out, settings=demo_phase1.SETTINGS,
                                                        data=demo_phase1.DATA).native),
