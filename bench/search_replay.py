@@ -19,7 +19,10 @@ chosen on). Per searcher seed the gain is the method's figure minus random's; th
 wins / ties / losses and a two-sided sign test.
 
     TORCHDYNAMO_DISABLE=1 .venv/bin/python bench/search_replay.py --table bench_out/tabular [--seeds 0 ... 19]
-        [--samples 8] [--methods asha+tpe tpe]
+        [--samples 8] [--methods asha+tpe tpe ...]
+
+Methods (:data:`METHODS`): random search, the sweep's default ASHA + TPE, and the variants that change one
+thing of it (no ASHA, a random sampler, a baseline trial 0, fewer random draws before TPE models).
 """
 
 from __future__ import annotations
@@ -40,10 +43,31 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.tabular import LOCAL_CONFIG, is_log_scale, space  # noqa: E402
+from bench.tabular import LOCAL_CONFIG, LOCAL_SPACE, is_log_scale, space  # noqa: E402
 
 Curve = list[dict[str, float]]
-METHODS = ("random", "asha+tpe", "tpe")
+
+
+@dataclass(frozen=True)
+class Method:
+    """A searcher setting of the sweep config: its Optuna sampler, ASHA or not, TPE's random draws before it
+    models (``searcher.startup_trials``), and whether trial 0 is the search space's baseline point."""
+
+    sampler: str
+    asha: bool
+    startup_trials: int = 10
+    baseline: bool = False
+
+
+#: the methods a replay can compare; "random" is the reference every other is compared with
+METHODS = {
+    "random": Method("random", asha=False),
+    "asha+random": Method("random", asha=True),
+    "tpe": Method("tpe", asha=False),
+    "asha+tpe": Method("tpe", asha=True),  # the shipped default
+    "asha+tpe+baseline": Method("tpe", asha=True, baseline=True),
+    "asha+tpe-startup4": Method("tpe", asha=True, startup_trials=4),
+}
 
 
 @dataclass(frozen=True)
@@ -116,6 +140,16 @@ def replay_trainable(table: Table, searcher_seed: int) -> Callable[[dict], None]
     return replay
 
 
+def baseline_point() -> dict[str, Any]:
+    """The replay's trial 0 for a method with ``baseline``: ``search_spaces/local.yaml``'s baseline (the tiny
+    model's learning rates), TrialConfig's defaults for the other knobs of the design."""
+    from search_spaces import load_search_spec
+    from trainables.config import TrialConfig
+
+    defaults = TrialConfig().to_dict()
+    return {name: load_search_spec(LOCAL_SPACE).points_to_evaluate[0].get(name, defaults[name]) for name in space()}
+
+
 def replay_sweep(table: Table, method: str, seed: int, samples: int, storage: Path) -> list[dict[str, float]]:
     """One sweep of ``method``; its reports in arrival order with the trial-steps spent when each arrived."""
     import yaml
@@ -127,18 +161,19 @@ def replay_sweep(table: Table, method: str, seed: int, samples: int, storage: Pa
     from sweeps.stage2 import make_tune_config
 
     local = yaml.safe_load(LOCAL_CONFIG.read_text(encoding="utf-8"))
-    asha = method == "asha+tpe"
+    m = METHODS[method]
     name = f"{method.replace('+', '_')}-seed{seed}"
     cfg = parse_sweep_config({
         "name": name, "storage_path": str(storage), "search_space": "(bench/tabular.py design space)",
-        "num_samples": samples * (4 if asha else 1), "max_concurrent_trials": 1,
+        "num_samples": samples * (4 if m.asha else 1), "max_concurrent_trials": 1,
         "trial": {**local["trial"], "max_steps": table.max_steps},
-        "scheduler": local["scheduler"], "searcher": {"sampler": "random" if method == "random" else "tpe",
-                                                      "seed": seed},
+        "scheduler": local["scheduler"],
+        "searcher": {"sampler": m.sampler, "seed": seed, "startup_trials": m.startup_trials},
     }, source="bench/search_replay.py")
-    spec = SearchSpec(params=space(), points_to_evaluate=[], source="bench/tabular.py space()")
+    spec = SearchSpec(params=space(), points_to_evaluate=[baseline_point()] if m.baseline else [],
+                      source="bench/tabular.py space()")
     tune_config = make_tune_config(cfg, spec)
-    if not asha:
+    if not m.asha:
         tune_config.scheduler = FIFOScheduler()
     results = tune.Tuner(replay_trainable(table, seed), param_space=spec.params, tune_config=tune_config,
                          run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0)).fit()
@@ -146,7 +181,8 @@ def replay_sweep(table: Table, method: str, seed: int, samples: int, storage: Pa
     for result in results:
         frame = result.metrics_dataframe
         if frame is not None and not frame.empty:
-            reports += frame[["trial_id", "step", "val_dice", "test_dice", "reported_ns"]].to_dict("records")
+            columns = ["trial_id", "config_id", "train_seed", "step", "val_dice", "test_dice", "reported_ns"]
+            reports += frame[columns].to_dict("records")
     reports.sort(key=lambda r: r["reported_ns"])
     last: dict[str, float] = {}
     spent = 0
@@ -186,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table", type=Path, required=True, help="a bench/tabular.py --out folder")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(20)), help="searcher seeds")
     parser.add_argument("--samples", type=int, default=8, help="random search's trials (the budget)")
-    parser.add_argument("--methods", nargs="+", default=["asha+tpe"], choices=[m for m in METHODS if m != "random"])
+    parser.add_argument("--methods", nargs="+", default=["asha+tpe"], choices=[m for m in METHODS if m != "random"],
+                        help="methods compared with random search (default: the shipped asha+tpe)")
     args = parser.parse_args(argv)
 
     import ray

@@ -3,7 +3,9 @@
 Ray tells Optuna each trial's LAST result as COMPLETE, including trials ASHA stopped early (their values
 are truncated and would bias the sampler toward short trials) and trials whose loss diverged.
 :func:`optuna_state` classifies a trial from its last result instead; :class:`SweepOptunaSearch` tells
-Optuna that state and records the Ray trial id on each Optuna trial (user attribute ``ray_trial_id``).
+Optuna that state and records on each Optuna trial the Ray trial id (user attribute ``ray_trial_id``) and
+how its parameters were drawn (``draw``: :func:`draw_kind`), so that a report can tell the sweep's random
+draws, an unbiased sample of the search space, from those the sampler chose.
 """
 
 from __future__ import annotations
@@ -19,6 +21,21 @@ from ray.tune.search.optuna import OptunaSearch
 logger = logging.getLogger(__name__)
 
 RAY_TRIAL_ID_ATTR = "ray_trial_id"
+#: the user attribute saying how a trial's parameters were drawn: one of DRAW_KINDS
+DRAW_ATTR = "draw"
+#: a point of the search space's ``baseline`` / ``points_to_evaluate``; a random draw; the sampler's model
+DRAW_KINDS = ("baseline", "random", "model")
+
+
+def draw_kind(trial: optuna.Trial, random_draws: float) -> str:
+    """How ``trial``'s parameters were drawn, asked just now from its study: ``baseline`` (an enqueued point),
+    ``random`` (fewer than ``random_draws`` trials had finished, COMPLETE or PRUNED, as Optuna's TPE counts its
+    ``n_startup_trials``; ``math.inf`` for a random sampler, 0 for a sampler that never draws at random) or
+    ``model``."""
+    if "fixed_params" in trial.storage.get_trial_system_attrs(trial._trial_id):  # Study.enqueue_trial's mark
+        return "baseline"
+    finished = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    return "random" if len(finished) < random_draws else "model"
 
 
 def optuna_state(result: dict[str, Any] | None, *, error: bool, objectives: list[str], step_key: str,
@@ -49,17 +66,23 @@ class SweepOptunaSearch(OptunaSearch):
     Args:
         max_steps: the step count of a trial that ran to the end (the trial config's ``max_steps``).
         step_key: the reported step counter (the scheduler's time attribute).
+        random_draws: trials the sampler draws at random before it models (:func:`draw_kind`).
         **kwargs: passed to ``OptunaSearch`` (``metric`` and ``mode`` lists, ``sampler``, ``storage``...).
     """
 
-    def __init__(self, *, max_steps: int, step_key: str = "step", **kwargs: Any) -> None:
+    def __init__(self, *, max_steps: int, step_key: str = "step", random_draws: float = 0,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._max_steps = max_steps
         self._step_key = step_key
+        self._random_draws = random_draws
 
     def suggest(self, trial_id: str) -> dict | None:
         params = super().suggest(trial_id)
-        self._ot_trials[trial_id].set_user_attr(RAY_TRIAL_ID_ATTR, trial_id)
+        trial = self._ot_trials[trial_id]
+        trial.set_user_attr(RAY_TRIAL_ID_ATTR, trial_id)
+        if DRAW_ATTR not in trial.user_attrs:  # an adopted trial (on --resume) keeps how it was first drawn
+            trial.set_user_attr(DRAW_ATTR, draw_kind(trial, self._random_draws))
         return params
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:

@@ -108,14 +108,57 @@ def compute_events(sweep: SweepResults) -> pd.DataFrame:
     }).reset_index(drop=True)
 
 
+#: the fewest random draws that ran to the end from which :func:`random_search_band` draws a band
+MIN_RANDOM_DRAWS = 3
+
+
+def random_search_band(sweep: SweepResults, spent: float, resamples: int = 2000,
+                       seed: int = 0) -> tuple[int, pd.DataFrame]:
+    """What random search would have reached on this sweep's budget, from the sweep's own random draws.
+
+    The population is the trials whose parameters were drawn at random (the sampler's first draws, or every
+    draw of a random sampler: :func:`sweeps.optuna_search.draw_kind`) and that ran to the end, each with its
+    best report's ``val_dice`` (the selection rule). Random search with ``k`` trials' steps picks the best of
+    ``k`` trials drawn from it with replacement: each row gives ``steps`` (``k`` x a full trial's steps, for
+    every ``k`` that ``spent`` trial-steps pay for) and the 10th, 50th and 90th percentiles of that pick over
+    ``resamples`` resamples. Returns the population's size and the rows (none below :data:`MIN_RANDOM_DRAWS`).
+    """
+    finished = [t for t in sweep.trials
+                if t.draw == "random" and t.status == "COMPLETE" and t.best_report() is not None]
+    rows = pd.DataFrame(columns=["steps", "low", "median", "high"])
+    if len(finished) < MIN_RANDOM_DRAWS:
+        return len(finished), rows
+    full = max(t.steps for t in finished)
+    trials = int(spent // full)
+    if trials < 1:
+        return len(finished), rows
+    values = np.array([t.best_report()[METRIC] for t in finished], dtype=float)
+    picks = np.maximum.accumulate(np.random.default_rng(seed).choice(values, size=(resamples, trials)), axis=1)
+    low, median, high = np.quantile(picks, [0.1, 0.5, 0.9], axis=0)
+    return len(finished), pd.DataFrame({"steps": full * np.arange(1, trials + 1), "low": low, "median": median,
+                                        "high": high})
+
+
 def plot_best_so_far(sweep: SweepResults, path: Path) -> None:
-    """Best val_dice so far against total trial steps spent and against wall-clock minutes."""
+    """Best val_dice so far against total trial steps spent, with the random-search band of
+    :func:`random_search_band` where the sweep has one, and against wall-clock minutes."""
     events = compute_events(sweep)
     if events["best"].isna().all():
         raise FigureUnavailable(f"no trial reported {METRIC}")
     fig = Figure(figsize=(10, 4), layout="constrained")
     by_steps, by_time = fig.subplots(1, 2, sharey=True)
-    by_steps.plot(events["steps"], events["best"], drawstyle="steps-post", marker=".")
+    by_steps.plot(events["steps"], events["best"], drawstyle="steps-post", marker=".", label="this sweep")
+    draws, band = random_search_band(sweep, float(events["steps"].max()))
+    if len(band):
+        x = [*band["steps"], events["steps"].max()]  # each pick holds until the next full trial is paid for
+        held = {c: [*band[c], band[c].iloc[-1]] for c in ("low", "median", "high")}
+        by_steps.fill_between(x, held["low"], held["high"], step="post", color="tab:gray", alpha=0.25,
+                              label=f"random search, 10-90% ({draws} random draws that ran to the end)")
+        by_steps.plot(x, held["median"], drawstyle="steps-post", color="tab:gray", ls="--", label="its median")
+    else:
+        by_steps.plot([], [], " ", label=f"no random-search band: {draws} random draw(s) ran to the end, "
+                                         f"{MIN_RANDOM_DRAWS} needed")
+    by_steps.legend(fontsize=7, loc="lower right")
     by_steps.set(xlabel="trial steps spent (all trials)", ylabel=f"best {METRIC} so far")
     by_time.plot(events["minutes"], events["best"], drawstyle="steps-post", marker=".", color="tab:green")
     by_time.set(xlabel="wall-clock minutes since the first trial started")
@@ -300,8 +343,11 @@ FIGURES: list[tuple[str, str, Callable[[SweepResults, Path], None], str]] = [
      f"completed trials; the star is the best trial, which holds the sweep's best checkpoint (the highest {METRIC} "
      "of any report that saved one: the checkpoint the export takes)."),
     ("Best so far against compute", "best_so_far.png", plot_best_so_far,
-     f"Running maximum of every reported {METRIC}, against the trial steps spent by all trials together and "
-     "against wall-clock time."),
+     f"Running maximum of every reported {METRIC} (selection figures), against the trial steps spent by all trials "
+     "together and against wall-clock time. The grey band is what random search would have picked for the same "
+     "steps: the best of as many full trials drawn from this sweep's random draws that ran to the end (the "
+     "sampler's first draws; ASHA's survivors among them, which flatters random search). Above the band, the "
+     "search found better settings than chance would have."),
     ("Hyperparameters", "parallel_coordinates.png", plot_parallel_coordinates,
      "Parallel coordinates: one line per trial; each axis spans the sampled range (log where it covers a "
      "factor of 10 or more)."),

@@ -43,7 +43,7 @@ from common.errors import InputError
 from common.paths import is_uri, last_part, open_location
 from common.typed_yaml import excerpt
 from sweeps.config import METRIC, SECOND_OBJECTIVE, TIME_ATTR, default_journal
-from sweeps.optuna_search import RAY_TRIAL_ID_ATTR
+from sweeps.optuna_search import DRAW_ATTR, RAY_TRIAL_ID_ATTR
 
 CHECKPOINT_COLUMN = "checkpoint_path"  # the metric TuneReportCallback adds to a report that saved a checkpoint
 
@@ -117,12 +117,15 @@ def best_of(histories: Mapping[str, pd.DataFrame | None], metric: str = METRIC) 
 
 @dataclass(frozen=True)
 class TrialRecord:
-    """One trial: Ray id, sampled hyperparameters, status and its reports (one row each, by step)."""
+    """One trial: Ray id, sampled hyperparameters, status, its reports (one row each, by step) and how its
+    parameters were drawn (``baseline``, ``random`` or ``model``: :func:`sweeps.optuna_search.draw_kind`; None
+    without a study, or for a study written before draws were recorded)."""
 
     trial_id: str
     params: dict[str, Any]
     status: str
     history: pd.DataFrame = field(repr=False)
+    draw: str | None = None
 
     def last(self, key: str) -> float:
         """The last reported value of ``key`` (nan if never reported)."""
@@ -255,6 +258,7 @@ def load_sweep(experiment_dir: str | Path, *, journal: str | Path | None = None,
     else:
         study = load_study(Path(journal or default_journal(experiment)), study_name, name, notes)
     states = {t.user_attrs.get(RAY_TRIAL_ID_ATTR): t.state.name for t in study.trials} if study else {}
+    draws = {t.user_attrs.get(RAY_TRIAL_ID_ATTR): t.user_attrs.get(DRAW_ATTR) for t in study.trials} if study else {}
     trials = []
     for trial in analysis.trials:
         history = analysis.trial_dataframes.get(trial.trial_id)
@@ -262,7 +266,7 @@ def load_sweep(experiment_dir: str | Path, *, journal: str | Path | None = None,
         if TIME_ATTR in history:
             history = history.sort_values(TIME_ATTR, kind="stable").reset_index(drop=True)
         trials.append(TrialRecord(trial.trial_id, dict(trial.config), states.get(trial.trial_id, trial.status),
-                                  history))
+                                  history, draws.get(trial.trial_id)))
     return SweepResults(name, Path(experiment).absolute() if not is_uri(experiment) else experiment, trials, study,
                         pareto_front(study, {t.trial_id: t.history for t in trials}), notes)
 

@@ -13,6 +13,7 @@ Ray objects: the training itself is ``trainables.train_loop.train_loop_per_worke
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -157,7 +158,9 @@ def describe_plan(cfg: SweepConfig, spec: SearchSpec, *, resume: bool) -> str:
     lines = [
         f"sweep {cfg.name} ({'resume' if resume else 'new'})",
         f"  experiment dir : {cfg.experiment_dir}",
-        f"  optuna         : study {cfg.study_name}, {cfg.searcher.sampler} sampler, seed {cfg.searcher.seed}, "
+        f"  optuna         : study {cfg.study_name}, {cfg.searcher.sampler} sampler"
+        f"{f' ({cfg.searcher.startup_trials} random draws first)' if cfg.searcher.sampler == 'tpe' else ''}, "
+        f"seed {cfg.searcher.seed}, "
         f"journal {cfg.optuna_journal}",
         f"  objectives     : {METRIC} max, {SECOND_OBJECTIVE} max",
         f"  trials         : {cfg.num_samples}, {concurrency}",
@@ -226,13 +229,18 @@ def make_trial_function(cfg: SweepConfig, train_loop: TrainLoop) -> Callable[[di
 
 def make_searcher(cfg: SweepConfig, spec: SearchSpec) -> ResumableOptunaSearch:
     """Multi-objective Optuna search whose study lives in a JournalStorage file (resumes by study name)."""
-    samplers = {"tpe": optuna.samplers.TPESampler, "nsga2": optuna.samplers.NSGAIISampler,
-                "random": optuna.samplers.RandomSampler}
+    seed, kind = cfg.searcher.seed, cfg.searcher.sampler
+    sampler, random_draws = {  # random_draws: how many trials the sampler draws at random (optuna_search.draw_kind)
+        "tpe": lambda: (optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.searcher.startup_trials),
+                        cfg.searcher.startup_trials),
+        "nsga2": lambda: (optuna.samplers.NSGAIISampler(seed=seed), 0),  # its generation 0 is not told apart
+        "random": lambda: (optuna.samplers.RandomSampler(seed=seed), math.inf),
+    }[kind]()
     return ResumableOptunaSearch(
-        max_steps=cfg.trial.max_steps, step_key=TIME_ATTR,
+        max_steps=cfg.trial.max_steps, step_key=TIME_ATTR, random_draws=random_draws,
         metric=[METRIC, SECOND_OBJECTIVE], mode=["max", "max"],
         points_to_evaluate=spec.points_to_evaluate or None,
-        sampler=samplers[cfg.searcher.sampler](seed=cfg.searcher.seed),
+        sampler=sampler,
         study_name=cfg.study_name, storage=journal_storage(cfg.optuna_journal),
     )
 

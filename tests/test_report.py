@@ -33,8 +33,17 @@ from search_spaces import load_search_spec
 from sweeps import ray_compat
 from sweeps.config import parse_sweep_config
 from sweeps.overlays import HEADER_PX, SEGMENT_COLOURS, ImageMasks, compose_overlay, ground_truth_masks, rgb
-from sweeps.report import FIGURES, FigureUnavailable, build_report, compute_events, main, param_importances
-from sweeps.results import SweepResults, load_sweep
+from sweeps.report import (
+    FIGURES,
+    MIN_RANDOM_DRAWS,
+    FigureUnavailable,
+    build_report,
+    compute_events,
+    main,
+    param_importances,
+    random_search_band,
+)
+from sweeps.results import SweepResults, TrialRecord, load_sweep
 from sweeps.stage2 import run_sweep
 from trainables.checkpoints.trial import VAL_PAIRS_FILE, format_val_pairs
 
@@ -225,6 +234,41 @@ def test_best_so_far_never_decreases_and_counts_every_step_of_every_trial(experi
                                          if t.best_report() is not None))
     assert events["steps"].iloc[-1] == sum(t.steps for t in sweep.trials)
     assert (events["minutes"].diff().dropna() >= 0).all()
+
+
+def drawn_trial(trial_id: str, draw: str, status: str, dice: float, steps: int = 10) -> TrialRecord:
+    """A hand-made trial validating at half its steps and at its last, ``dice`` the better of the two."""
+    return TrialRecord(trial_id, {}, status, pd.DataFrame({
+        "step": [steps // 2, steps], "val_dice": [dice / 2, dice], "val_ap75": [0.1, 0.1],
+        "timestamp": [100, 110], "time_total_s": [5.0, 10.0]}), draw)
+
+
+def test_the_random_search_band_picks_the_best_of_as_many_full_random_draws_as_the_steps_pay_for(tmp_path):
+    randoms = [drawn_trial(f"r{i}", "random", "COMPLETE", dice) for i, dice in enumerate((0.2, 0.4, 0.6, 0.8))]
+    others = [drawn_trial("model", "model", "COMPLETE", 0.99), drawn_trial("base", "baseline", "COMPLETE", 0.95),
+              drawn_trial("stopped", "random", "PRUNED", 0.97, steps=4)]  # none of these is a full random draw
+    sweep = SweepResults("s", tmp_path, randoms + others, study=None, pareto=[], notes=[])
+
+    draws, band = random_search_band(sweep, spent=35.0)
+
+    assert draws == 4
+    assert band["steps"].tolist() == [10, 20, 30]  # one full trial (10 steps) for each 10 steps spent
+    assert band["low"].iloc[0] == pytest.approx(0.2) and band["high"].iloc[0] == pytest.approx(0.8)
+    assert (band["high"] <= 0.8).all()  # never the model's, the baseline's or a stopped trial's figure
+    assert (band["median"].diff().dropna() >= 0).all()
+    assert band["median"].iloc[-1] == pytest.approx(0.8)  # 3 draws miss the best of 4 with p = 0.42
+
+
+def test_no_band_without_enough_random_draws_that_ran_to_the_end_and_the_figure_says_so(tmp_path):
+    from sweeps.report import plot_best_so_far
+
+    trials = [drawn_trial(f"r{i}", "random", "COMPLETE", 0.5) for i in range(MIN_RANDOM_DRAWS - 1)]
+    trials.append(drawn_trial("m", "model", "COMPLETE", 0.7))
+    sweep = SweepResults("s", tmp_path, trials, study=None, pareto=[], notes=[])
+    draws, band = random_search_band(sweep, spent=1000.0)
+    assert draws == MIN_RANDOM_DRAWS - 1 and band.empty
+    plot_best_so_far(sweep, tmp_path / "best.png")  # drawn all the same, the legend saying why there is no band
+    assert (tmp_path / "best.png").stat().st_size > 0
 
 
 def test_the_overlay_colours_exactly_the_annotated_pixels_of_the_ground_truth(report, export_dir,

@@ -78,6 +78,7 @@ def test_replayed_sweeps_through_the_sweeps_tune_config(tmp_path):
     try:
         random = search_replay.replay_sweep(table, "random", 0, 3, tmp_path / "s")
         asha = search_replay.replay_sweep(table, "asha+tpe", 0, 3, tmp_path / "s")
+        with_baseline = search_replay.replay_sweep(table, "asha+tpe+baseline", 0, 1, tmp_path / "s")
     finally:
         ray.shutdown()
     assert [r["spent"] for r in random] == sorted(r["spent"] for r in random) and random[-1]["spent"] == 3 * 400
@@ -86,3 +87,14 @@ def test_replayed_sweeps_through_the_sweeps_tune_config(tmp_path):
     asha_trials = {r["trial_id"] for r in asha}
     assert len(asha_trials) > 3  # ASHA stopped some at step 150, so more trials fit the same budget
     assert any(max(r["step"] for r in asha if r["trial_id"] == t) == 150 for t in asha_trials)
+    assert with_baseline[0]["config_id"] == search_replay.nearest(table, search_replay.baseline_point())
+
+
+def test_every_method_is_a_setting_the_sweep_config_accepts():
+    from sweeps.config import parse_sweep_config
+
+    for name, method in search_replay.METHODS.items():
+        cfg = parse_sweep_config({"name": "m", "storage_path": "/tmp/m", "search_space": "x", "trial": {},
+                                  "searcher": {"sampler": method.sampler, "startup_trials": method.startup_trials}},
+                                 source=name)
+        assert (cfg.searcher.sampler, cfg.searcher.startup_trials) == (method.sampler, method.startup_trials)

@@ -25,9 +25,9 @@ from common.errors import InputError
 from search_spaces import load_search_spec
 from sweeps import ray_compat
 from sweeps.config import parse_sweep_config
-from sweeps.optuna_search import RAY_TRIAL_ID_ATTR, optuna_state
+from sweeps.optuna_search import DRAW_ATTR, RAY_TRIAL_ID_ATTR, optuna_state
 from sweeps.results import journal_storage
-from sweeps.stage2 import check_inputs, format_outcome, main, run_sweep
+from sweeps.stage2 import check_inputs, format_outcome, main, make_searcher, run_sweep
 from trainables.checkpoints.trial import STATE_FILE
 from trainables.trial import diverged_report
 
@@ -160,6 +160,24 @@ def test_outside_tune_there_is_no_queue_to_wait_for():
 def test_optuna_is_told_how_a_trial_really_ended(result, error, expected):
     assert optuna_state(result, error=error, objectives=["val_dice", "val_ap75"], step_key="step",
                         max_steps=8) == expected
+
+
+@pytest.mark.parametrize("sampler, expected", [
+    ("tpe", ["baseline", "baseline", "baseline", "random", "model"]),  # 4 startup trials, the baselines counted
+    ("random", ["baseline", "baseline", "baseline", "random", "random"]),
+])
+def test_each_optuna_trial_records_whether_it_was_a_baseline_point_a_random_draw_or_the_samplers_choice(
+        tmp_path, sampler, expected):
+    cfg = sweep_config(tmp_path, searcher={"sampler": sampler, "seed": 0, "startup_trials": 4})
+    spec = load_search_spec(cfg.search_space)
+    searcher = make_searcher(cfg, spec)
+    searcher.set_search_properties(None, None, spec.params)
+    kinds = []
+    for i in range(5):
+        searcher.suggest(f"t{i}")
+        kinds.append(searcher._ot_trials[f"t{i}"].user_attrs[DRAW_ATTR])
+        searcher.on_trial_complete(f"t{i}", {"val_dice": 0.1 * i, "val_ap75": 0.1, "step": 8})
+    assert kinds == expected
 
 
 def test_worker_environment_disables_dynamo_and_shortens_the_health_check():
