@@ -63,7 +63,7 @@ class Method:
 METHODS = {
     "random": Method("random", asha=False),
     "asha+random": Method("random", asha=True),
-    "tpe": Method("tpe", asha=False),
+    "tpe": Method("tpe", asha=False),  # models only with --samples above its startup_trials
     "asha+tpe": Method("tpe", asha=True),  # the shipped default
     "asha+tpe+baseline": Method("tpe", asha=True, baseline=True),
     "asha+tpe-startup4": Method("tpe", asha=True, startup_trials=4),
@@ -225,6 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", default=["asha+tpe"], choices=[m for m in METHODS if m != "random"],
                         help="methods compared with random search (default: the shipped asha+tpe)")
     args = parser.parse_args(argv)
+    for name in args.methods:
+        m = METHODS[name]
+        if m.sampler == "tpe" and not m.asha and args.samples <= m.startup_trials:
+            parser.error(f"{name} with --samples {args.samples} never leaves its random draws (until "
+                         f"{m.startup_trials} trials have finished): it would be random search")
 
     import ray
 

@@ -69,7 +69,7 @@ class SearcherConfig:
 
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"
     seed: int | None = 0
-    startup_trials: int = 10  # tpe: trials drawn at random before it models (Optuna's n_startup_trials)
+    startup_trials: int = 10  # tpe: random draws until this many trials have finished (Optuna's n_startup_trials)
     storage: str | None = None  # an Optuna JournalStorage file; default <experiment dir>/JOURNAL_FILE
     study_name: str | None = None  # default: the sweep name (a study resumes by name)
 
@@ -240,8 +240,8 @@ def _check_ranges(cfg: SweepConfig, problems: list[str]) -> None:
         problems.append(f"trial.categories: {excerpt(cfg.trial.categories)} is the demo's Phase 1 task "
                         "(sweeps/demo_phase1.py trains it in one process); a Stage 2 sweep trains, scores and "
                         "exports the 14 CASS categories: remove the setting or set it to cass")
-    if cfg.searcher.startup_trials < 1:
-        problems.append(f"searcher.startup_trials: {cfg.searcher.startup_trials!r} must be >= 1")
+    if cfg.searcher.startup_trials < 0:
+        problems.append(f"searcher.startup_trials: {cfg.searcher.startup_trials!r} must be >= 0")
     if cfg.failure.max_failures < -1:
         problems.append(f"failure.max_failures: {cfg.failure.max_failures!r} must be >= -1 (-1: retry forever)")
     for where, seed in (("searcher.seed", cfg.searcher.seed),

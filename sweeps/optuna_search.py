@@ -29,9 +29,8 @@ DRAW_KINDS = ("baseline", "random", "model")
 
 def draw_kind(trial: optuna.Trial, random_draws: float) -> str:
     """How ``trial``'s parameters were drawn, asked just now from its study: ``baseline`` (an enqueued point),
-    ``random`` (fewer than ``random_draws`` trials had finished, COMPLETE or PRUNED, as Optuna's TPE counts its
-    ``n_startup_trials``; ``math.inf`` for a random sampler, 0 for a sampler that never draws at random) or
-    ``model``."""
+    ``random`` (fewer than ``random_draws`` trials had finished, COMPLETE or PRUNED, baselines included, as
+    Optuna's TPE counts its ``n_startup_trials``; ``math.inf`` for a random sampler) or ``model``."""
     if "fixed_params" in trial.storage.get_trial_system_attrs(trial._trial_id):  # Study.enqueue_trial's mark
         return "baseline"
     finished = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
@@ -66,11 +65,12 @@ class SweepOptunaSearch(OptunaSearch):
     Args:
         max_steps: the step count of a trial that ran to the end (the trial config's ``max_steps``).
         step_key: the reported step counter (the scheduler's time attribute).
-        random_draws: trials the sampler draws at random before it models (:func:`draw_kind`).
+        random_draws: finished trials before which the sampler draws at random (:func:`draw_kind`); None for a
+            sampler whose random draws are not told apart (NSGA-II's first generation): no ``draw`` is recorded.
         **kwargs: passed to ``OptunaSearch`` (``metric`` and ``mode`` lists, ``sampler``, ``storage``...).
     """
 
-    def __init__(self, *, max_steps: int, step_key: str = "step", random_draws: float = 0,
+    def __init__(self, *, max_steps: int, step_key: str = "step", random_draws: float | None = None,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._max_steps = max_steps
@@ -81,7 +81,7 @@ class SweepOptunaSearch(OptunaSearch):
         params = super().suggest(trial_id)
         trial = self._ot_trials[trial_id]
         trial.set_user_attr(RAY_TRIAL_ID_ATTR, trial_id)
-        if DRAW_ATTR not in trial.user_attrs:  # an adopted trial (on --resume) keeps how it was first drawn
+        if self._random_draws is not None and DRAW_ATTR not in trial.user_attrs:  # an adopted trial keeps its own
             trial.set_user_attr(DRAW_ATTR, draw_kind(trial, self._random_draws))
         return params
 

@@ -236,38 +236,48 @@ def test_best_so_far_never_decreases_and_counts_every_step_of_every_trial(experi
     assert (events["minutes"].diff().dropna() >= 0).all()
 
 
-def drawn_trial(trial_id: str, draw: str, status: str, dice: float, steps: int = 10) -> TrialRecord:
+def drawn_trial(trial_id: str, draw: str | None, status: str, dice: float, steps: int = 10) -> TrialRecord:
     """A hand-made trial validating at half its steps and at its last, ``dice`` the better of the two."""
     return TrialRecord(trial_id, {}, status, pd.DataFrame({
         "step": [steps // 2, steps], "val_dice": [dice / 2, dice], "val_ap75": [0.1, 0.1],
         "timestamp": [100, 110], "time_total_s": [5.0, 10.0]}), draw)
 
 
-def test_the_random_search_band_picks_the_best_of_as_many_full_random_draws_as_the_steps_pay_for(tmp_path):
+def test_the_random_search_band_runs_the_sweeps_random_draws_one_after_another(tmp_path):
     randoms = [drawn_trial(f"r{i}", "random", "COMPLETE", dice) for i, dice in enumerate((0.2, 0.4, 0.6, 0.8))]
     others = [drawn_trial("model", "model", "COMPLETE", 0.99), drawn_trial("base", "baseline", "COMPLETE", 0.95),
               drawn_trial("stopped", "random", "PRUNED", 0.97, steps=4)]  # none of these is a full random draw
     sweep = SweepResults("s", tmp_path, randoms + others, study=None, pareto=[], notes=[])
 
-    draws, band = random_search_band(sweep, spent=35.0)
+    draws, band = random_search_band(sweep, spent=1000.0, points=81)
 
     assert draws == 4
-    assert band["steps"].tolist() == [10, 20, 30]  # one full trial (10 steps) for each 10 steps spent
-    assert band["low"].iloc[0] == pytest.approx(0.2) and band["high"].iloc[0] == pytest.approx(0.8)
+    assert band["steps"].max() == 40  # as many trials as the population holds (4 x 10 steps), not 1000 steps
+    first = band[band["steps"] < 5]
+    assert first.empty  # nothing is paid for before the first report, at step 5
+    at5, at10 = band[band["steps"] == 5].iloc[0], band[band["steps"] == 10].iloc[0]
+    assert (at5["low"], at5["high"]) == pytest.approx((0.1, 0.4))  # the first trial's mid-way report counts
+    assert (at10["low"], at10["high"]) == pytest.approx((0.2, 0.8))
     assert (band["high"] <= 0.8).all()  # never the model's, the baseline's or a stopped trial's figure
     assert (band["median"].diff().dropna() >= 0).all()
-    assert band["median"].iloc[-1] == pytest.approx(0.8)  # 3 draws miss the best of 4 with p = 0.42
+    assert band["median"].iloc[-1] == pytest.approx(0.8)
 
 
-def test_no_band_without_enough_random_draws_that_ran_to_the_end_and_the_figure_says_so(tmp_path):
-    from sweeps.report import plot_best_so_far
+@pytest.mark.parametrize("draws, expected", [
+    ("random", f"no random-search band: {MIN_RANDOM_DRAWS - 1} random draw(s) ran to the end, "
+               f"{MIN_RANDOM_DRAWS} needed"),
+    (None, "no random-search band: this sweep did not record how its trials were drawn"),
+])
+def test_without_enough_random_draws_the_figure_says_why_there_is_no_band(tmp_path, draws, expected):
+    from sweeps.report import band_note, plot_best_so_far
 
-    trials = [drawn_trial(f"r{i}", "random", "COMPLETE", 0.5) for i in range(MIN_RANDOM_DRAWS - 1)]
-    trials.append(drawn_trial("m", "model", "COMPLETE", 0.7))
+    trials = [drawn_trial(f"r{i}", draws, "COMPLETE", 0.5) for i in range(MIN_RANDOM_DRAWS - 1)]
+    trials.append(drawn_trial("m", draws and "model", "COMPLETE", 0.7))
     sweep = SweepResults("s", tmp_path, trials, study=None, pareto=[], notes=[])
-    draws, band = random_search_band(sweep, spent=1000.0)
-    assert draws == MIN_RANDOM_DRAWS - 1 and band.empty
-    plot_best_so_far(sweep, tmp_path / "best.png")  # drawn all the same, the legend saying why there is no band
+    found, band = random_search_band(sweep, spent=1000.0)
+    assert band.empty
+    assert band_note(sweep, found).startswith(expected)
+    plot_best_so_far(sweep, tmp_path / "best.png")  # drawn all the same, the legend saying why
     assert (tmp_path / "best.png").stat().st_size > 0
 
 
