@@ -233,7 +233,7 @@ def _write_split(
     images: list[dict] = []
     annotations: list[dict] = []
     n_patients = math.ceil(n_images / FRAMES_PER_PATIENT)
-    with tqdm(total=n_images, desc=f"synthetic {split}", unit="img", leave=False) as bar:
+    with tqdm(total=n_images, desc=f"synthetic {split}", unit="img", leave=False, disable=None) as bar:  # no bar in a pipe
         for p in range(n_patients):
             anatomy = _sample_anatomy(np.random.default_rng([seed, _SPLIT_CODES[split], p]))
             patient_id = f"{split}{p:04d}"

@@ -6,11 +6,13 @@ Each function here is tested in ``tests/test_sweep_driver.py`` (the W&B callback
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import sys
 import time
+from collections.abc import Callable, Iterator
 
 import ray
 
@@ -124,3 +126,62 @@ def wandb_logger_callback(**kwargs):
                                           destination_filesystem=trial.storage.storage_filesystem)
 
     return WandbLoggerCallbackSyncedAtEnd(**kwargs)
+
+
+RAY_CONSOLE_PRINTER = "ray_print_logs"  # the name ray.init gives its worker-output handler
+
+
+@contextlib.contextmanager
+def route_worker_output(handler: Callable[[dict], None]) -> Iterator[None]:
+    """Send what Ray's processes print to ``handler`` instead of the driver's console, until the block ends.
+
+    Ray has no public switch for where worker output goes: ``log_to_driver=False`` drops it (it stays in the
+    session's temporary folder), ``True`` prints it all. ``ray.init`` registers its printer on
+    ``global_worker_stdstream_dispatcher`` under the name ``ray_print_logs``; this swaps it for ``handler``,
+    which gets Ray's batches (``lines``, ``pid``, ``actor_name``/``task_name``, ``is_err``), and puts Ray's
+    printer back afterwards if Ray is still up. The messages the cluster pushes to the driver ("N PYTHON worker
+    processes have been started...", a worker died) bypass the dispatcher: Ray's listener thread calls the
+    module's ``print_to_stdstream`` by name, so that name is pointed at ``handler`` meanwhile. Call it after
+    ``ray.init``.
+    """
+    from ray._private import worker as ray_worker
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    printers = [pair for pair in dispatcher.handlers if pair[0] == RAY_CONSOLE_PRINTER]
+    print_to_stdstream = ray_worker.print_to_stdstream
+    dispatcher.remove_handler(RAY_CONSOLE_PRINTER)
+    dispatcher.add_handler("sweep_worker_output", handler)
+    ray_worker.print_to_stdstream = lambda data, ignore_prefix=False: handler(data)
+    try:
+        yield
+    finally:
+        ray_worker.print_to_stdstream = print_to_stdstream
+        dispatcher.remove_handler("sweep_worker_output")
+        if ray.is_initialized() and ray_worker.global_worker.connected:
+            for pair in printers:
+                dispatcher.add_handler(*pair)
+
+
+@contextlib.contextmanager
+def legacy_tune_output() -> Iterator[None]:
+    """Tune's legacy output engine while the block runs (``RAY_AIR_NEW_OUTPUT=0``, Ray's own switch).
+
+    The new engine prints its experiment header (a configuration table, "View detailed results here", a
+    TensorBoard command) at every verbosity, 0 included (``TuneTerminalReporter.experiment_started``); the
+    legacy one prints nothing at ``verbose=0``. Tune reads the variable when ``fit`` starts.
+    """
+    before = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["RAY_AIR_NEW_OUTPUT"]
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = before
+
+
+def set_tune_verbosity(tuner, verbose: int) -> None:
+    """Set a restored ``Tuner``'s verbosity: ``Tuner.restore`` takes the pickled ``RunConfig`` whole and has no
+    parameter for it (a sweep started with ``-v`` and resumed without would print Tune's tables)."""
+    tuner._local_tuner.get_run_config().verbose = verbose

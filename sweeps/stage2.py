@@ -13,7 +13,10 @@ Ray objects: the training itself is ``trainables.train_loop.train_loop_per_worke
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,7 +33,7 @@ from common.errors import InputError, run_cli  # noqa: E402
 from common.outputs import check_apart  # noqa: E402
 from common.paths import is_uri  # noqa: E402
 from search_spaces import SearchSpec, load_search_spec  # noqa: E402
-from sweeps import optimizer_state, ray_compat, trial_retries, wandb_summary  # noqa: E402
+from sweeps import console, optimizer_state, ray_compat, trial_retries, wandb_summary  # noqa: E402
 from sweeps.config import (  # noqa: E402
     METRIC,
     SECOND_OBJECTIVE,
@@ -69,22 +72,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="a sweep YAML (sweeps/configs/*.yaml)")
     parser.add_argument("--resume", action="store_true", help="resume the interrupted sweep of this config")
     parser.add_argument("--dry-run", action="store_true", help="validate and print the plan; start nothing")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="Ray's own console (Tune's tables, every worker's output) instead of one line per "
+                             "validation and per trial end with the rest in the sweep's log files")
     args = parser.parse_args(argv)
     cfg = load_sweep_config(args.config)
     spec = load_search_spec(cfg.search_space)
     check_inputs(cfg, resume=args.resume, source=args.config)
-    print(describe_plan(cfg, spec, resume=args.resume))
+    quiet = not args.verbose
+    logs = console.log_folder(cfg.experiment_dir, cfg.name)
+    print(describe_plan(cfg, spec, resume=args.resume, logs=logs if quiet else None), flush=True)
     if args.dry_run:
         return 0
-    prepare_dataset(cfg)
     import ray
 
-    ray_compat.init_ray(cfg.ray.address, cfg.ray.dashboard_host, ray_env(cfg))
-    try:
-        outcome = run_sweep(cfg, spec, resume=args.resume)
-        wandb_summary.log_sweep_summary(cfg, outcome.sweep)
-    finally:
-        ray.shutdown()
+    if quiet:
+        os.environ.setdefault("WANDB_SILENT", "true")  # the W&B summary run's own chatter: into W&B's debug.log
+    with console.driver_logs_to(logs) if quiet else contextlib.nullcontext():
+        with console.printed_to_log(logging.getLogger(__name__)) if quiet else contextlib.nullcontext():
+            prepare_dataset(cfg)
+        ray_compat.init_ray(cfg.ray.address, cfg.ray.dashboard_host, ray_env(cfg))
+        with console.workers_log_to(logs) if quiet else contextlib.nullcontext():
+            try:
+                outcome = run_sweep(cfg, spec, resume=args.resume, quiet=quiet)
+                wandb_summary.log_sweep_summary(cfg, outcome.sweep)
+            finally:
+                ray.shutdown()
     print(format_outcome(outcome))
     if outcome.errors and len(outcome.errors) == outcome.num_trials:
         print(f"error: every trial failed ({outcome.num_trials}); see the errors above", file=sys.stderr)
@@ -109,7 +122,7 @@ def check_inputs(cfg: SweepConfig, *, resume: bool, source: str = "the sweep con
         if path and not is_uri(path) and not Path(path).exists() and not (synthetic and name != "checkpoint"):
             problems.append(f"trial.{name}: {path} does not exist")
     local = not is_uri(cfg.storage_path)
-    if local and not resume and Path(cfg.experiment_dir).exists():
+    if local and not resume and Path(cfg.experiment_dir).exists() and not only_logs(Path(cfg.experiment_dir)):
         problems.append(f"{cfg.experiment_dir} exists: pass --resume to continue it, or change 'name' "
                         "(a new run would reuse its Optuna study and enqueue points_to_evaluate again)")
     if local and resume and not Path(cfg.experiment_dir).exists():
@@ -134,6 +147,12 @@ def check_inputs(cfg: SweepConfig, *, resume: bool, source: str = "the sweep con
         raise InputError(f"{source}: cannot start the sweep", problems)
 
 
+def only_logs(experiment_dir: Path) -> bool:
+    """Whether ``experiment_dir`` holds nothing but the console's log folder (a run that stopped before Tune
+    wrote anything: starting anew is safe, and its logs are appended to)."""
+    return {p.name for p in experiment_dir.iterdir()} <= {console.LOG_FOLDER}
+
+
 def prepare_dataset(cfg: SweepConfig) -> None:
     """Generate the synthetic dataset of ``cfg.dataset`` if it is configured and absent."""
     if cfg.dataset is None or cfg.dataset.synthetic is None or cfg.dataset.paths.train_json.exists():
@@ -145,8 +164,8 @@ def prepare_dataset(cfg: SweepConfig) -> None:
                      overwrite=True)  # replaces only an incomplete dataset this project wrote
 
 
-def describe_plan(cfg: SweepConfig, spec: SearchSpec, *, resume: bool) -> str:
-    """A human-readable plan of the sweep (what ``--dry-run`` prints)."""
+def describe_plan(cfg: SweepConfig, spec: SearchSpec, *, resume: bool, logs: Path | None = None) -> str:
+    """A human-readable plan of the sweep (what ``--dry-run`` prints); ``logs``: the quiet console's log folder."""
     from sweeps import preflight
 
     t = cfg.trial
@@ -155,13 +174,13 @@ def describe_plan(cfg: SweepConfig, spec: SearchSpec, *, resume: bool) -> str:
                    else "concurrency = cluster GPUs (or CPUs) / what one trial needs")
     data = (f"{cfg.dataset.dir} (generated if absent)" if cfg.dataset and cfg.dataset.synthetic
             else t.train_json or "(none)")
+    startup = (f" (random draws until {cfg.searcher.startup_trials} trials have finished)"
+               if cfg.searcher.sampler == "tpe" else "")
     lines = [
         f"sweep {cfg.name} ({'resume' if resume else 'new'})",
         f"  experiment dir : {cfg.experiment_dir}",
-        f"  optuna         : study {cfg.study_name}, {cfg.searcher.sampler} sampler"
-        f"{f' ({cfg.searcher.startup_trials} random draws first)' if cfg.searcher.sampler == 'tpe' else ''}, "
-        f"seed {cfg.searcher.seed}, "
-        f"journal {cfg.optuna_journal}",
+        f"  optuna         : study {cfg.study_name}, {cfg.searcher.sampler} sampler{startup}, "
+        f"seed {cfg.searcher.seed}, journal {cfg.optuna_journal}",
         f"  objectives     : {METRIC} max, {SECOND_OBJECTIVE} max",
         f"  trials         : {cfg.num_samples}, {concurrency}",
         f"  per trial      : {t.num_workers} workers x {per_worker}, backend {t.backend}, {t.precision}, "
@@ -177,6 +196,9 @@ def describe_plan(cfg: SweepConfig, spec: SearchSpec, *, resume: bool) -> str:
           for name, domain in spec.params.items()],
         f"  first points   : {spec.points_to_evaluate or 'none'}",
     ]
+    if logs is not None:
+        lines.append(f"  logs           : {logs / console.DRIVER_LOG}, {logs / console.WORKERS_LOG} (-v: all on the "
+                     "console)")
     return "\n".join(lines)
 
 
@@ -209,7 +231,8 @@ def make_trial_function(cfg: SweepConfig, train_loop: TrainLoop) -> Callable[[di
         gave_up.raise_if_recorded()  # Tune re-running a trial whose Train run used up its restarts
         trainer = TorchTrainer(
             train_loop,
-            train_loop_config={"trial": trial.to_dict()},
+            train_loop_config={"trial": trial.to_dict(),
+                               "label": console.trial_key(tune.get_context().get_trial_id())},
             scaling_config=ScalingConfig(num_workers=trial.num_workers, use_gpu=trial.use_gpu,
                                          resources_per_worker=resources),
             torch_config=TorchConfig(backend=trial.backend),
@@ -233,7 +256,7 @@ def make_searcher(cfg: SweepConfig, spec: SearchSpec) -> ResumableOptunaSearch:
     sampler, random_draws = {  # random_draws: how many trials the sampler draws at random (optuna_search.draw_kind)
         "tpe": lambda: (optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.searcher.startup_trials),
                         cfg.searcher.startup_trials),
-        "nsga2": lambda: (optuna.samplers.NSGAIISampler(seed=seed), 0),  # its generation 0 is not told apart
+        "nsga2": lambda: (optuna.samplers.NSGAIISampler(seed=seed), None),  # its generation 0 is not told apart
         "random": lambda: (optuna.samplers.RandomSampler(seed=seed), math.inf),
     }[kind]()
     return ResumableOptunaSearch(
@@ -285,15 +308,19 @@ def trial_dirname(trial) -> str:
 
 
 def run_sweep(cfg: SweepConfig, spec: SearchSpec, *, resume: bool = False,
-              train_loop: TrainLoop | None = None) -> SweepOutcome:
-    """Run (or resume) the sweep on the already-initialised Ray; return it as :mod:`sweeps.results` reads it."""
+              train_loop: TrainLoop | None = None, quiet: bool = False) -> SweepOutcome:
+    """Run (or resume) the sweep on the already-initialised Ray; return it as :mod:`sweeps.results` reads it.
+    ``quiet``: no Tune tables; a line per validation and per trial end instead (:mod:`sweeps.console`)."""
     from ray import tune
 
+    verbose = 0 if quiet else 1  # Tune's silent / default
     trainable = make_trial_function(cfg, train_loop or default_train_loop())
     if resume:
         tuner = tune.Tuner.restore(cfg.experiment_dir, trainable, resume_errored=True)
+        ray_compat.set_tune_verbosity(tuner, verbose)
     else:
-        callbacks = [*wandb_summary.trial_callbacks(cfg), optimizer_state.DropStateOfEndedTrials(cfg)]
+        callbacks = [*wandb_summary.trial_callbacks(cfg), optimizer_state.DropStateOfEndedTrials(cfg),
+                     console.SweepProgress(cfg.trial.max_steps)]
         tuner = tune.Tuner(
             trainable,
             param_space=spec.params,
@@ -301,9 +328,11 @@ def run_sweep(cfg: SweepConfig, spec: SearchSpec, *, resume: bool = False,
             # Tune re-runs a trial whose own actor died (its node lost): the re-run's TorchTrainer has the same
             # name, so the Train run resumes from its last checkpoint (Train's FailureConfig covers its workers).
             run_config=tune.RunConfig(name=cfg.name, storage_path=cfg.storage_path, callbacks=callbacks,
-                                      failure_config=tune.FailureConfig(max_failures=cfg.failure.max_failures)),
+                                      failure_config=tune.FailureConfig(max_failures=cfg.failure.max_failures),
+                                      verbose=verbose),
         )
-    results = tuner.fit()
+    with ray_compat.legacy_tune_output() if quiet else contextlib.nullcontext():
+        results = tuner.fit()
     sweep = load_sweep(cfg.experiment_dir, journal=cfg.optuna_journal, study_name=cfg.study_name)
     return SweepOutcome(sweep=sweep, optuna_journal=cfg.optuna_journal, study_name=cfg.study_name,
                         num_trials=len(results), errors=trial_errors(results))

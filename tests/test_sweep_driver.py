@@ -7,9 +7,11 @@ wiring only. The real loop is wired by the lead.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -23,7 +25,7 @@ from optuna.trial import TrialState
 
 from common.errors import InputError
 from search_spaces import load_search_spec
-from sweeps import ray_compat
+from sweeps import console, ray_compat
 from sweeps.config import parse_sweep_config
 from sweeps.optuna_search import DRAW_ATTR, RAY_TRIAL_ID_ATTR, optuna_state
 from sweeps.results import journal_storage
@@ -83,14 +85,32 @@ def sweep_config(tmp_path, **overrides):
     return parse_sweep_config(raw, source="test")
 
 
+QUIET_CONSOLE: list[str] = []  # what finished_sweep printed
+
+
 @pytest.fixture(scope="module")
 def finished_sweep(ray_local, tmp_path_factory):
-    """One 3-trial sweep (baseline, a poor lr, a diverging lr), one at a time, shared by the tests below."""
+    """One 3-trial sweep (baseline, a poor lr, a diverging lr), one at a time, shared by the tests below; run
+    quiet, its console lines kept in ``QUIET_CONSOLE``."""
     cfg = sweep_config(tmp_path_factory.mktemp("sweep"))
     start = time.monotonic()
-    outcome = run_sweep(cfg, load_search_spec(cfg.search_space), train_loop=fake_train_loop)
+    shown, before = io.StringIO(), console.CONSOLE
+    console.CONSOLE = console.Console(shown)
+    try:
+        outcome = run_sweep(cfg, load_search_spec(cfg.search_space), train_loop=fake_train_loop, quiet=True)
+    finally:
+        console.CONSOLE = before
     print(f"3 trials (1 worker each, one at a time) took {time.monotonic() - start:.1f} s")
+    QUIET_CONSOLE[:] = shown.getvalue().splitlines()
     return cfg, outcome
+
+
+def test_a_quiet_sweep_prints_each_validation_and_how_each_trial_ended(finished_sweep):
+    lines = QUIET_CONSOLE
+    assert sum(" completed 8 steps (best val Dice 1.000 at step 8)" in line for line in lines) == 1  # the baseline
+    assert sum(" stopped by ASHA at step 2 " in line for line in lines) == 1  # the poor lr
+    assert sum(" diverged at step 2: non-finite loss" in line for line in lines) == 1
+    assert sum(re.search(r" step \d/8  val Dice ", line) is not None for line in lines) == 4 + 1  # 4 + 1 validations
 
 
 def test_a_sweep_prunes_asha_stopped_trials_fails_diverged_ones_and_prints_the_pareto_front(finished_sweep):
@@ -172,12 +192,30 @@ def test_each_optuna_trial_records_whether_it_was_a_baseline_point_a_random_draw
     spec = load_search_spec(cfg.search_space)
     searcher = make_searcher(cfg, spec)
     searcher.set_search_properties(None, None, spec.params)
+    sampled_at_random = set()  # what Optuna itself drew at random: TPE's fallback, or the random sampler
+    random_sampler = getattr(searcher._ot_study.sampler, "_random_sampler", searcher._ot_study.sampler)
+    draw = random_sampler.sample_independent
+    random_sampler.sample_independent = lambda study, trial, *args: (sampled_at_random.add(trial.number),
+                                                                     draw(study, trial, *args))[1]
     kinds = []
     for i in range(5):
         searcher.suggest(f"t{i}")
         kinds.append(searcher._ot_trials[f"t{i}"].user_attrs[DRAW_ATTR])
         searcher.on_trial_complete(f"t{i}", {"val_dice": 0.1 * i, "val_ap75": 0.1, "step": 8})
     assert kinds == expected
+    assert sampled_at_random == {i for i, kind in enumerate(kinds) if kind == "random"}
+
+
+def test_an_nsga2_sweep_records_no_draws(tmp_path):
+    """NSGA-II's first generation is random, but not told apart: no label rather than a wrong one."""
+    cfg = sweep_config(tmp_path, searcher={"sampler": "nsga2", "seed": 0})
+    spec = load_search_spec(cfg.search_space)
+    searcher = make_searcher(cfg, spec)
+    searcher.set_search_properties(None, None, spec.params)
+    for i in range(4):
+        searcher.suggest(f"t{i}")
+        assert DRAW_ATTR not in searcher._ot_trials[f"t{i}"].user_attrs
+        searcher.on_trial_complete(f"t{i}", {"val_dice": 0.1 * i, "val_ap75": 0.1, "step": 8})
 
 
 def test_worker_environment_disables_dynamo_and_shortens_the_health_check():

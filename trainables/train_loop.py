@@ -16,6 +16,7 @@ import ray.train.torch
 
 from trainables.checkpoints.trial import drop_trainer_state
 from trainables.config import TrialConfig
+from trainables.progress import ProgressPrinter
 from trainables.trial import run_trial
 
 
@@ -42,15 +43,17 @@ class RayReporter:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Run one trial on this Ray Train worker. ``config["trial"]`` is a :class:`TrialConfig` as a dict."""
+    """Run one trial on this Ray Train worker. ``config["trial"]`` is a :class:`TrialConfig` as a dict;
+    ``config["label"]`` (optional) names the trial in rank 0's progress lines (:mod:`trainables.progress`)."""
     cfg = TrialConfig.from_dict(config["trial"], source="train_loop_config['trial']")
     context = ray.train.get_context()
     checkpoint = ray.train.get_checkpoint()
-    report = RayReporter()
+    rank = context.get_world_rank()
+    common = {"rank": rank, "world_size": context.get_world_size(), "device": ray.train.torch.get_device(),
+              "report": RayReporter(),
+              "progress": ProgressPrinter(config.get("label", "trial"), cfg.max_steps) if rank == 0 else None}
     if checkpoint is None:
-        run_trial(cfg, rank=context.get_world_rank(), world_size=context.get_world_size(),
-                  device=ray.train.torch.get_device(), report=report)
+        run_trial(cfg, **common)
         return
     with checkpoint.as_directory() as resume_dir:
-        run_trial(cfg, rank=context.get_world_rank(), world_size=context.get_world_size(),
-                  device=ray.train.torch.get_device(), resume_from=Path(resume_dir), report=report)
+        run_trial(cfg, resume_from=Path(resume_dir), **common)
