@@ -43,9 +43,35 @@ DRIVER_LOG = "driver.log"
 PLAIN_PROGRESS_S = 120.0
 
 
-def log_folder(experiment_dir: str, name: str) -> Path:
-    """``<experiment_dir>/logs``; for an experiment on object storage, ``./<name>-logs`` on this machine."""
-    return Path(f"{name}-logs").absolute() if is_uri(experiment_dir) else Path(experiment_dir) / LOG_FOLDER
+def log_folder(experiment_dir: str, name: str, journal: str) -> Path:
+    """``<experiment_dir>/logs``; for an experiment on object storage, ``<name>-logs`` beside the Optuna
+    ``journal`` (a local or NFS file for such a sweep)."""
+    return Path(journal).parent / f"{name}-logs" if is_uri(experiment_dir) else Path(experiment_dir) / LOG_FOLDER
+
+
+def supports_ansi(stream: TextIO) -> bool:
+    """Whether ``stream`` is a terminal that understands ANSI escapes (on Windows, once VT processing is
+    switched on: Windows Terminal has it, a legacy console gets it here or stays plain)."""
+    if not getattr(stream, "isatty", lambda: False)():
+        return False
+    if sys.platform != "win32":
+        return True
+    try:
+        import ctypes
+
+        kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
+        handle, mode = kernel32.GetStdHandle(-11), ctypes.c_uint32()  # STD_OUTPUT_HANDLE
+        return bool(kernel32.GetConsoleMode(handle, ctypes.byref(mode))
+                    and kernel32.SetConsoleMode(handle, mode.value | 0x0004))  # ENABLE_VIRTUAL_TERMINAL_PROCESSING
+    except (AttributeError, OSError):
+        return False
+
+
+def error_summary(error: object) -> str:
+    """The line a person reads of a trial's error: the last non-empty line of its text (the exception itself,
+    after Tune's "Failure # 1 (occurred at ...)" header and the traceback)."""
+    lines = [line.strip() for line in str(error or "").splitlines() if line.strip()]
+    return lines[-1] if lines else "(no message)"
 
 
 class Console:
@@ -54,10 +80,11 @@ class Console:
 
     def __init__(self, stream: TextIO | None = None, plain_interval_s: float = PLAIN_PROGRESS_S) -> None:
         self.stream = stream or sys.stdout
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.tty = supports_ansi(self.stream)
         self.plain_interval_s = plain_interval_s
         self.status: dict[str, str] = {}
         self.last_plain: dict[str, float] = {}
+        self.ended: set[str] = set()  # trials whose late progress lines (Train runs on after a report) are dropped
         self.lock = threading.Lock()
 
     def line(self, text: str) -> None:
@@ -71,6 +98,8 @@ class Console:
     def progress(self, key: str, text: str) -> None:
         """Trial ``key``'s latest progress: into the status line on a terminal, else a throttled plain line."""
         with self.lock:
+            if key in self.ended:
+                return
             if self.tty:
                 self.status[key] = text
                 self._draw_status()
@@ -80,11 +109,19 @@ class Console:
             self.stream.flush()
 
     def forget(self, key: str) -> None:
-        """Trial ``key`` ended: drop it from the status line."""
+        """Trial ``key`` ended: drop it from the status line, and its progress lines from now on."""
         with self.lock:
             self._clear_status()
+            self.ended.add(key)
             self.status.pop(key, None)
             self._draw_status()
+            self.stream.flush()
+
+    def close(self) -> None:
+        """The sweep is over: clear the status line (what follows starts on a clean line)."""
+        with self.lock:
+            self._clear_status()
+            self.status.clear()
             self.stream.flush()
 
     def _clear_status(self) -> None:
@@ -99,6 +136,12 @@ class Console:
 
 #: the driver's console (Tune's callbacks run in the driver process; a restored callback finds it here)
 CONSOLE = Console()
+
+
+def reset_console() -> None:
+    """A new :data:`CONSOLE` on the current ``sys.stdout`` (each quiet sweep starts with one)."""
+    global CONSOLE
+    CONSOLE = Console()
 
 
 def trial_key(trial_id: str) -> str:
@@ -118,12 +161,20 @@ def worker_line(line: str) -> tuple[str, str] | None:
 class SweepProgress(Callback):
     """A Tune callback printing one line per validation and one per trial end on :data:`CONSOLE`.
 
-    It keeps no handle (Tune pickles it with the experiment and restores it on ``--resume``)."""
+    It keeps no handle (Tune pickles it with the experiment and restores it on ``--resume``), and its state
+    (each trial's last step and best validation) is saved with the experiment's."""
 
     def __init__(self, max_steps: int) -> None:
         self.max_steps = max_steps
         self.previous_step: dict[str, int] = {}
         self.best: dict[str, tuple[float, int]] = {}
+
+    def get_state(self) -> dict:
+        return {"previous_step": dict(self.previous_step), "best": dict(self.best)}
+
+    def set_state(self, state: dict) -> None:
+        self.previous_step = dict(state.get("previous_step", {}))
+        self.best = {key: tuple(value) for key, value in state.get("best", {}).items()}
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if result.get("diverged") or "val_dice" not in result:
@@ -142,11 +193,9 @@ class SweepProgress(Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         key = trial_key(trial.trial_id)
         CONSOLE.forget(key)
-        error = trial.get_error()
-        text = str(error).strip() if error is not None else ""
-        reason = text.splitlines()[0] if text else "see its error.txt"
         step = (trial.last_result or {}).get("step")
-        CONSOLE.line(f"{key} failed{f' after step {step}' if step else ''}: {reason} (details: {trial.path})")
+        CONSOLE.line(f"{time.strftime('%H:%M:%S')} {key} failed{f' after step {step}' if step else ''}: "
+                     f"{error_summary(trial.get_error())} (details: {trial.path}/error.txt)")
 
 
 def format_validation(key: str, result: dict, max_steps: int, previous_step: int) -> str:
@@ -174,8 +223,14 @@ def format_end(key: str, last: dict, max_steps: int, best: tuple[float, int] | N
     return f"{time.strftime('%H:%M:%S')} {key} stopped by ASHA at step {step}{best_text}"
 
 
+#: the driver loggers whose warnings and errors a person should see (once each): Python warnings, this
+#: project's own, and Tune's "no trial is running ... resources" warning of a sweep that waits forever
+SHOWN_LOGGERS = ("py.warnings", "sweeps", "trainables", "common", "data_prep",
+                 "ray.tune.execution.insufficient_resources_manager")
+
+
 class OnceToConsole(logging.Handler):
-    """Each distinct message once on :data:`CONSOLE` (Python warnings that repeat are shown once per sweep)."""
+    """Each distinct message's first line once on :data:`CONSOLE`, warnings and above."""
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
@@ -185,33 +240,38 @@ class OnceToConsole(logging.Handler):
         message = record.getMessage().strip()
         if message not in self.seen:
             self.seen.add(message)
-            CONSOLE.line(f"warning (shown once; all in the driver log): {message.splitlines()[0]}")
+            CONSOLE.line(f"{record.levelname.lower()} (shown once; all in the driver log): "
+                         f"{message.splitlines()[0] if message else record.name}")
 
 
 @contextlib.contextmanager
 def driver_logs_to(folder: Path) -> Iterator[Path]:
-    """Send the driver's Python logging and warnings to ``folder/DRIVER_LOG``: Ray's and Optuna's console
-    handlers show errors only meanwhile, and each distinct warning is shown once (:class:`OnceToConsole`)."""
+    """Send the driver's Python logging and warnings to ``folder/DRIVER_LOG``; meanwhile Ray's and Optuna's own
+    console handlers are silent (the trial lines and the summary say what failed), and :data:`SHOWN_LOGGERS`'
+    warnings and errors reach the console once each (:class:`OnceToConsole`)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / DRIVER_LOG
     file_handler = logging.FileHandler(path, encoding="utf-8")
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root, once, warnings_logger = logging.getLogger(), OnceToConsole(), logging.getLogger("py.warnings")
+    root, once = logging.getLogger(), OnceToConsole()
     libraries = [logging.getLogger(name) for name in ("ray", "optuna")]  # they do not propagate to the root
+    shown = [logging.getLogger(name) for name in SHOWN_LOGGERS]
     quieted = [(h, h.level) for lg in libraries for h in lg.handlers if isinstance(h, logging.StreamHandler)]
     root_level = root.level
     for logger in (root, *libraries):
         logger.addHandler(file_handler)
     root.setLevel(min(root_level or logging.WARNING, logging.INFO))
     for handler, _ in quieted:
-        handler.setLevel(logging.ERROR)
-    warnings_logger.addHandler(once)
+        handler.setLevel(logging.CRITICAL + 1)
+    for logger in shown:
+        logger.addHandler(once)
     logging.captureWarnings(True)
     try:
         yield path
     finally:
         logging.captureWarnings(False)
-        warnings_logger.removeHandler(once)
+        for logger in shown:
+            logger.removeHandler(once)
         for handler, level in quieted:
             handler.setLevel(level)
         for logger in (root, *libraries):
@@ -229,16 +289,22 @@ class WorkerLog:
         self.lock = threading.Lock()
 
     def __call__(self, data: dict) -> None:
+        # Ray's log thread calls this: an exception would end the thread, and with it this log. A console that
+        # cannot be written (a closed pipe) costs the console only.
         pid = data.get("pid")
         name = data.get("actor_name") or data.get("task_name") or ""
         prefix = f"({name} pid={pid}) " if pid not in ("raylet", "autoscaler") else f"({pid}) "
         with self.lock:
             for line in data.get("lines", []):
-                self.file.write(prefix + line + "\n")
-                progress = worker_line(line)
-                if progress is not None:
-                    CONSOLE.progress(*progress)
-            self.file.flush()
+                try:
+                    self.file.write(prefix + line + "\n")
+                    progress = worker_line(line)
+                    if progress is not None:
+                        CONSOLE.progress(*progress)
+                except Exception:  # noqa: BLE001, S112 (see above)
+                    continue
+            with contextlib.suppress(Exception):
+                self.file.flush()
 
     def close(self) -> None:
         with self.lock:
@@ -258,6 +324,7 @@ def workers_log_to(folder: Path) -> Iterator[Path]:
             yield folder / WORKERS_LOG
     finally:
         log.close()
+        CONSOLE.close()
 
 
 @contextlib.contextmanager
@@ -266,7 +333,9 @@ def printed_to_log(logger: logging.Logger) -> Iterator[None]:
     import io
 
     buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
-        yield
-    if buffer.getvalue().strip():
-        logger.info("%s", buffer.getvalue().rstrip())
+    try:
+        with contextlib.redirect_stdout(buffer):
+            yield
+    finally:
+        if buffer.getvalue().strip():
+            logger.info("%s", buffer.getvalue().rstrip())

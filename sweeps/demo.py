@@ -116,7 +116,7 @@ def run_demo_sweep(config: Path) -> Path:
     experiment = Path(cfg.experiment_dir)
     finished = (experiment / "demo_finished").exists()
     if not finished:
-        args = ["--config", str(config)] + (["--resume"] if experiment.exists() else [])
+        args = ["--config", str(config)] + (["--resume"] if stage2.has_tune_state(experiment) else [])
         print("python sweeps/stage2.py " + " ".join(args))
         if stage2.main(args) != 0:
             raise SystemExit("the sweep failed")

@@ -163,25 +163,31 @@ def route_worker_output(handler: Callable[[dict], None]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def legacy_tune_output() -> Iterator[None]:
-    """Tune's legacy output engine while the block runs (``RAY_AIR_NEW_OUTPUT=0``, Ray's own switch).
+def quiet_tune_output() -> Iterator[None]:
+    """Tune without console output of its own while the block runs, through Ray's own switches.
 
-    The new engine prints its experiment header (a configuration table, "View detailed results here", a
-    TensorBoard command) at every verbosity, 0 included (``TuneTerminalReporter.experiment_started``); the
-    legacy one prints nothing at ``verbose=0``. Tune reads the variable when ``fit`` starts.
+    - ``RAY_AIR_NEW_OUTPUT=0``: Tune's new output engine prints its experiment header (a configuration table,
+      "View detailed results here", a TensorBoard command) at every verbosity, 0 included
+      (``TuneTerminalReporter.experiment_started``); the legacy one prints nothing at ``verbose=0``.
+    - ``TUNE_PRINT_ALL_TRIAL_ERRORS=0``: no traceback logged per failed attempt of a trial (the trial's
+      ``error.txt`` keeps it).
+
+    Tune reads both when ``fit`` starts.
     """
-    before = os.environ.get("RAY_AIR_NEW_OUTPUT")
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    switches = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_PRINT_ALL_TRIAL_ERRORS": "0"}
+    before = {name: os.environ.get(name) for name in switches}
+    os.environ.update(switches)
     try:
         yield
     finally:
-        if before is None:
-            del os.environ["RAY_AIR_NEW_OUTPUT"]
-        else:
-            os.environ["RAY_AIR_NEW_OUTPUT"] = before
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
-def set_tune_verbosity(tuner, verbose: int) -> None:
-    """Set a restored ``Tuner``'s verbosity: ``Tuner.restore`` takes the pickled ``RunConfig`` whole and has no
-    parameter for it (a sweep started with ``-v`` and resumed without would print Tune's tables)."""
-    tuner._local_tuner.get_run_config().verbose = verbose
+def restored_run_config(tuner):
+    """The ``RunConfig`` of a restored ``Tuner``, to adjust before ``fit``: ``Tuner.restore`` takes the pickled
+    one whole and has no parameter for its verbosity or callbacks."""
+    return tuner._local_tuner.get_run_config()

@@ -80,14 +80,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec = load_search_spec(cfg.search_space)
     check_inputs(cfg, resume=args.resume, source=args.config)
     quiet = not args.verbose
-    logs = console.log_folder(cfg.experiment_dir, cfg.name)
+    logs = console.log_folder(cfg.experiment_dir, cfg.name, cfg.optuna_journal)
     print(describe_plan(cfg, spec, resume=args.resume, logs=logs if quiet else None), flush=True)
+    if args.resume:
+        from sweeps.resume_account import describe_resume
+
+        print(describe_resume(cfg), flush=True)
     if args.dry_run:
         return 0
     import ray
 
     if quiet:
         os.environ.setdefault("WANDB_SILENT", "true")  # the W&B summary run's own chatter: into W&B's debug.log
+        console.reset_console()
     with console.driver_logs_to(logs) if quiet else contextlib.nullcontext():
         with console.printed_to_log(logging.getLogger(__name__)) if quiet else contextlib.nullcontext():
             prepare_dataset(cfg)
@@ -127,9 +132,11 @@ def check_inputs(cfg: SweepConfig, *, resume: bool, source: str = "the sweep con
                         "(a new run would reuse its Optuna study and enqueue points_to_evaluate again)")
     if local and resume and not Path(cfg.experiment_dir).exists():
         problems.append(f"--resume: {cfg.experiment_dir} does not exist")
-    elif local and resume and not any(Path(cfg.experiment_dir).glob("experiment_state-*.json")):
+    elif local and resume and not has_tune_state(Path(cfg.experiment_dir)):
+        anew = ("run without --resume" if only_logs(Path(cfg.experiment_dir))
+                else "start it anew under another 'name'")
         problems.append(f"--resume: {cfg.experiment_dir} holds no Tune experiment state (experiment_state-*.json): "
-                        "nothing to resume; start it anew under another 'name'")
+                        f"nothing to resume; {anew}")
     if not is_uri(cfg.optuna_journal) and Path(cfg.optuna_journal).is_dir():
         problems.append(f"searcher.storage: {cfg.optuna_journal} is a folder; name the journal file")
     from sweeps import preflight  # storage writable, GPUs present, checkpoint and COCO files loadable
@@ -145,6 +152,11 @@ def check_inputs(cfg: SweepConfig, *, resume: bool, source: str = "the sweep con
         problems += err.problems
     if problems:
         raise InputError(f"{source}: cannot start the sweep", problems)
+
+
+def has_tune_state(experiment_dir: Path) -> bool:
+    """Whether ``experiment_dir`` holds a Tune experiment state, that is, something ``--resume`` can continue."""
+    return any(experiment_dir.glob("experiment_state-*.json"))
 
 
 def only_logs(experiment_dir: Path) -> bool:
@@ -317,7 +329,10 @@ def run_sweep(cfg: SweepConfig, spec: SearchSpec, *, resume: bool = False,
     trainable = make_trial_function(cfg, train_loop or default_train_loop())
     if resume:
         tuner = tune.Tuner.restore(cfg.experiment_dir, trainable, resume_errored=True)
-        ray_compat.set_tune_verbosity(tuner, verbose)
+        run_config = ray_compat.restored_run_config(tuner)
+        run_config.verbose = verbose  # the pickled one is the first run's (perhaps with -v)
+        if quiet and not any(isinstance(c, console.SweepProgress) for c in run_config.callbacks or []):
+            run_config.callbacks = [*(run_config.callbacks or []), console.SweepProgress(cfg.trial.max_steps)]
     else:
         callbacks = [*wandb_summary.trial_callbacks(cfg), optimizer_state.DropStateOfEndedTrials(cfg),
                      console.SweepProgress(cfg.trial.max_steps)]
@@ -331,7 +346,7 @@ def run_sweep(cfg: SweepConfig, spec: SearchSpec, *, resume: bool = False,
                                       failure_config=tune.FailureConfig(max_failures=cfg.failure.max_failures),
                                       verbose=verbose),
         )
-    with ray_compat.legacy_tune_output() if quiet else contextlib.nullcontext():
+    with ray_compat.quiet_tune_output() if quiet else contextlib.nullcontext():
         results = tuner.fit()
     sweep = load_sweep(cfg.experiment_dir, journal=cfg.optuna_journal, study_name=cfg.study_name)
     return SweepOutcome(sweep=sweep, optuna_journal=cfg.optuna_journal, study_name=cfg.study_name,
@@ -344,7 +359,7 @@ def trial_errors(results) -> dict[str, str]:
     for result in results:
         if result.error is not None:
             trial_id = result.metrics.get("trial_id") or Path(result.path).name
-            errors[trial_id] = str(result.error).strip().splitlines()[-1]
+            errors[trial_id] = console.error_summary(result.error)
     return errors
 
 

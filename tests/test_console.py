@@ -51,8 +51,8 @@ def test_progress_lines_are_throttled_and_name_their_trial(capsys, monkeypatch):
     clock = iter([0.0, 5.0, 20.0, 21.0, 40.0])
     monkeypatch.setattr("trainables.progress.time.monotonic", lambda: next(clock))
     printer = ProgressPrinter("a1b2c3d4", max_steps=100, min_interval_s=15)
-    for step in (1, 2, 11, 12, 31):  # the first step starts the clock; then 20 s and 40 s pass the interval
-        printer(step)
+    for step, pace in ((1, 9.0), (2, 2.0), (11, 2.0), (12, 1.0), (31, 1.0)):  # the first step starts the clock
+        printer(step, pace)
     lines = capsys.readouterr().out.splitlines()
     assert lines == [f"{PROGRESS_TAG}a1b2c3d4 step 11/100, 2.00 s/step, ~3 min left",
                      f"{PROGRESS_TAG}a1b2c3d4 step 31/100, 1.00 s/step, ~69 s left"]
@@ -80,6 +80,57 @@ def test_on_a_terminal_progress_is_one_status_line_rewritten_in_place_below_the_
     screen = out.getvalue()
     assert screen.endswith("\r\x1b[Kb step 1/9")  # what stays on screen: b's progress alone
     assert "\r\x1b[Ka step 3/9  val Dice 0.100\n\r\x1b[Ka step 1/9 | b step 1/9" in screen
+
+
+def test_a_trial_that_ended_shows_no_late_progress_and_the_end_of_the_sweep_clears_the_status_line():
+    out = Terminal()
+    tty = Console(out)
+    tty.progress("a", "a step 1/9")
+    tty.forget("a")
+    tty.progress("a", "a step 2/9")  # Train ran on after the report that ended the trial
+    tty.progress("b", "b step 1/9")
+    tty.close()
+    assert "a step 2/9" not in out.getvalue() and out.getvalue().endswith("b step 1/9\r\x1b[K")
+
+
+def test_a_windows_console_without_ansi_support_gets_plain_lines(monkeypatch):
+    monkeypatch.setattr(console.sys, "platform", "win32")
+    import ctypes
+
+    monkeypatch.delattr(ctypes, "windll", raising=False)  # as a console whose mode cannot be set
+    assert not console.supports_ansi(Terminal())
+    assert not console.supports_ansi(io.StringIO())
+
+
+TUNE_ERROR = """Failure # 1 (occurred at 2026-12-05_17-20-31)
+ray::_Inner.train() (pid=4913, ip=192.0.2.2, actor_id=1f08804f)
+  File "/work/main/sweeps/stage2.py", line 218, in sam3_trial
+    trainer.fit()
+ray.train.TrainingFailedError: Training failed due to worker errors
+torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB
+"""
+
+
+def test_a_failed_trial_shows_the_exception_not_tunes_header(monkeypatch):
+    class FailedTrial:
+        trial_id, path, last_result = "a1b2c3d4", "/sweeps/s/a1b2c3d4", {"step": 200}
+
+        def get_error(self):
+            return TUNE_ERROR
+
+    out = io.StringIO()
+    monkeypatch.setattr(console, "CONSOLE", Console(out))
+    console.SweepProgress(max_steps=400).on_trial_error(0, [], FailedTrial())
+    assert out.getvalue().rstrip().endswith(
+        "a1b2c3d4 failed after step 200: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB "
+        "(details: /sweeps/s/a1b2c3d4/error.txt)")
+    assert console.error_summary(None) == "(no message)"
+
+
+def test_the_progress_callback_keeps_each_trials_best_across_a_resume():
+    progress = console.SweepProgress(max_steps=400)
+    progress.set_state({"previous_step": {"a1": 150}, "best": {"a1": [0.41, 150]}})
+    assert progress.get_state() == {"previous_step": {"a1": 150}, "best": {"a1": (0.41, 150)}}
 
 
 def test_every_worker_line_goes_to_the_workers_log_and_progress_also_to_the_console(tmp_path, monkeypatch):
@@ -129,7 +180,8 @@ def tiny_sweep_config(folder: Path) -> Path:
 
 
 MEANT_FOR_A_PERSON = [  # every line a quiet sweep prints matches one of these
-    r"sweep console4 \(new\)", r" +\S.*",  # the plan and the summary's indented lines
+    r"sweep console4 \(new\)", r"  [A-Za-z][A-Za-z ]+: .*", r"    \w+: \w+ .*",  # the plan: labels, search space
+    r"  \w{8}  val_dice=.*", r"      best checkpoint: .*", r"      /\S+",  # the Pareto front
     r"concurrency: .*",
     r"\d\d:\d\d:\d\d \w{8} step \d+/20  val Dice \d\.\d{3}  AP75 \d\.\d{3}  \d+\.\d\d s/step(  ~.* left)?",
     r"\d\d:\d\d:\d\d \w{8} (completed 20 steps|stopped by ASHA at step \d+|diverged at step \d+: .*)( \(best .*\))?",
@@ -151,8 +203,9 @@ def test_a_four_trial_sweep_prints_under_60_lines_each_meant_for_a_person_and_lo
     assert len(lines) < 60
     strays = [line for line in lines if line.strip() and not any(re.fullmatch(p, line) for p in MEANT_FOR_A_PERSON)]
     assert not strays
-    assert sum(" val Dice " in line and "/20 " in line for line in lines) == sum(
-        "completed 20 steps" in line for line in lines) * 2 + sum("stopped by ASHA" in line for line in lines)
+    ends = [line for line in lines if re.search(r" (completed|stopped by ASHA|diverged|failed)", line)]
+    assert len(ends) == 4  # one line per trial end
+    assert sum(" val Dice " in line and "/20 " in line for line in lines) >= 4
     logs = tmp_path / "out" / "console4" / console.LOG_FOLDER
     workers, driver = (logs / console.WORKERS_LOG).read_text(), (logs / console.DRIVER_LOG).read_text()
     assert "has no instance in this file" in workers  # sam3-cass's data warning, from every worker

@@ -146,6 +146,18 @@ def test_a_killed_sweep_resumes_keeping_every_finished_trial_once(tmp_path):
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-5000:]
     print(f"sweep with kill + resume took {time.monotonic() - start:.0f} s")
 
+    # 2b. The resume said what it found: every trial the killed run had started, finished ones as kept.
+    account = resumed.stdout[resumed.stdout.index("resume of "):].split("\n\n")[0]
+    print(account)
+    kept = next(line for line in account.splitlines() if line.startswith("  kept (finished)"))
+    for old in before.values():  # finished in the study; Tune's snapshot may not have seen the last of them
+        ray_id = old.user_attrs[RAY_TRIAL_ID_ATTR]
+        assert ray_id in kept or ray_id in account, account
+        if old.state == TrialState.COMPLETE:  # ran to the end: kept, or reported again, never trained again
+            assert ray_id in kept or f"{ray_id} (it had finished" in account, account
+    for t in trials.values():
+        assert t.user_attrs.get(RAY_TRIAL_ID_ATTR, "(none)") in account or f"#{t.number}" in account, account
+
     # 3. Tune: num_samples trials, each once, none errored.
     tune = tune_trials(cfg.experiment_dir)
     assert len(tune) == NUM_SAMPLES, sorted(tune)

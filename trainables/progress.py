@@ -28,23 +28,22 @@ def format_duration(seconds: float) -> str:
 
 
 class ProgressPrinter:
-    """Called after every training step of rank 0; prints a progress line when :data:`MIN_INTERVAL_S` has
-    passed since the last one: ``[sam3-progress] <label> step 40/400, 0.62 s/step, ~3.7 min left``. The time
-    left counts training steps only (validations add their own)."""
+    """Told after every training step of rank 0 (its step and the pace of the steps since the last validation,
+    validations excluded); prints a progress line when :data:`MIN_INTERVAL_S` has passed since the last one:
+    ``[sam3-progress] <label> step 40/400, 0.62 s/step, ~3.7 min left``. The time left counts training steps
+    only (the validation lines count the validations)."""
 
     def __init__(self, label: str, max_steps: int, min_interval_s: float = MIN_INTERVAL_S) -> None:
         self.label, self.max_steps, self.min_interval_s = label, max_steps, min_interval_s
         self.last_time: float | None = None
-        self.last_step = 0
 
-    def __call__(self, step: int) -> None:
+    def __call__(self, step: int, seconds_per_step: float) -> None:
         now = time.monotonic()
         if self.last_time is None:  # the first step starts the clock (model build and data are not steps)
-            self.last_time, self.last_step = now, step
+            self.last_time = now
             return
-        if now - self.last_time < self.min_interval_s or step == self.last_step:
+        if now - self.last_time < self.min_interval_s:
             return
-        per_step = (now - self.last_time) / (step - self.last_step)
-        print(f"{PROGRESS_TAG}{self.label} step {step}/{self.max_steps}, {per_step:.2f} s/step, "
-              f"~{format_duration(per_step * (self.max_steps - step))} left", flush=True)
-        self.last_time, self.last_step = now, step
+        print(f"{PROGRESS_TAG}{self.label} step {step}/{self.max_steps}, {seconds_per_step:.2f} s/step, "
+              f"~{format_duration(seconds_per_step * (self.max_steps - step))} left", flush=True)
+        self.last_time = now

@@ -184,9 +184,10 @@ def frozen_source(cfg: TrialConfig) -> FrozenSource | None:
 
 def run_trial(cfg: TrialConfig, *, rank: int = 0, world_size: int = 1, device: torch.device | None = None,
               resume_from: Path | None = None, report: Reporter,
-              progress: Callable[[int], None] | None = None) -> None:
+              progress: Callable[[int, float], None] | None = None) -> None:
     """Train one trial on this worker, reporting metrics (and a checkpoint) every ``val_every`` steps;
-    ``progress`` (rank 0's, e.g. :class:`trainables.progress.ProgressPrinter`) is told every step done."""
+    ``progress`` (rank 0's, e.g. :class:`trainables.progress.ProgressPrinter`) is told every step done and the
+    seconds per step since the last validation."""
     trial_start = time.perf_counter()  # reports carry elapsed_s: model build, data and loop, not Ray's start-up
     device = device or torch.device("cpu")
     torch.set_num_threads(cfg.cpu_threads_per_worker)
@@ -248,7 +249,7 @@ def run_trial(cfg: TrialConfig, *, rank: int = 0, world_size: int = 1, device: t
             return
         window.append(float(loss))
         if progress is not None:
-            progress(step)
+            progress(step, (time.perf_counter() - step_time) / len(window))
         for key, value in components.items():
             window_parts[key] = window_parts.get(key, 0.0) + value
         if step % cfg.val_every == 0 or step == cfg.max_steps:
