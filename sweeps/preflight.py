@@ -42,8 +42,9 @@ MAX_LISTED = 20  # COCO errors listed here; `python -m data_prep.validate` lists
 #: Windows' path limit (MAX_PATH) for programs, Ray among them, that do not opt into long paths.
 WINDOWS_MAX_PATH = 260
 #: Characters a sweep's deepest file adds below ``<storage_path>/<name>`` besides a second copy of the name:
-#: a trial's W&B offline-run logs (``<trial id>/wandb/offline-run-<date>-<id>/logs/debug-internal.log``, 107 in
-#: a real sweep) or ``train_runs/<name>-<trial id>/checkpoint_<date>/trainer_state.pt``, with a margin.
+#: ``train_runs/<name>-<trial id>/checkpoint_<date>/trainer_state.pt`` or a W&B offline run's logs
+#: (``wandb/offline-run-<date>-<id>/logs/debug-internal.log``; 107 when runs lived in the trial folders), with a
+#: margin.
 #: tests/test_wandb_offline.py checks that this bounds the deepest path of a real sweep.
 DEEPEST_BELOW_EXPERIMENT = 110
 

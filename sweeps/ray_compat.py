@@ -1,7 +1,7 @@
 """Every workaround for a Ray trap in one place, each with the reason in its docstring.
 
-Each function here is tested in ``tests/test_sweep_driver.py`` (the W&B callback in
-``tests/test_wandb_offline.py``); delete one when the Ray release it works around is no longer supported.
+Each function here is tested in ``tests/test_sweep_driver.py`` (the console's in ``tests/test_console.py``);
+delete one when the Ray release it works around is no longer supported.
 """
 
 from __future__ import annotations
@@ -98,34 +98,6 @@ def wait_for_tune_report_queue_drained(timeout_s: float = 120.0, poll_s: float =
             return False
         time.sleep(poll_s)
     return True
-
-
-def wandb_logger_callback(**kwargs):
-    """Ray's ``WandbLoggerCallback``, whose trial runs reach the experiment folder whole.
-
-    Tune copies its driver-side trial folders (where the callback's logging actors write each trial's W&B
-    run) to ``storage_path`` one last time *before* it calls ``on_experiment_end``, where this callback waits
-    for the actors to finish (``ray/tune/tune.py``: ``runner.checkpoint(force=True, wait=True)``, then
-    ``runner.cleanup()``). A run still being written at that moment, typically the last trial's (an
-    ASHA-stopped one in ``tests/test_wandb_offline.py``, 3 runs of 3), kept its complete log only in
-    ``/tmp/ray/session_*/artifacts``, and its copy in the experiment folder held the 7-byte header. After the
-    wait, this one copies every trial's ``wandb`` folder to storage again.
-    """
-    import pyarrow.fs
-    from ray.air.integrations.wandb import WandbLoggerCallback
-
-    class WandbLoggerCallbackSyncedAtEnd(WandbLoggerCallback):
-        def on_experiment_end(self, trials, **info):
-            super().on_experiment_end(trials, **info)
-            for trial in trials:
-                staged = os.path.join(trial.storage.trial_driver_staging_path, "wandb")
-                if os.path.isdir(staged):
-                    target = f"{trial.storage.trial_fs_path}/wandb"
-                    trial.storage.storage_filesystem.create_dir(target, recursive=True)
-                    pyarrow.fs.copy_files(staged, target, source_filesystem=pyarrow.fs.LocalFileSystem(),
-                                          destination_filesystem=trial.storage.storage_filesystem)
-
-    return WandbLoggerCallbackSyncedAtEnd(**kwargs)
 
 
 RAY_CONSOLE_PRINTER = "ray_print_logs"  # the name ray.init gives its worker-output handler

@@ -7,10 +7,10 @@ trial reported (strings such as ``checkpoint_path`` are not metrics and are drop
 hyperparameters, val_dice, val_ap75, status) and ``pareto_front``; summary keys for the sweep's best checkpoint
 (:mod:`sweeps.results`: the one the export takes).
 
-Offline (``wandb.mode: offline``) needs no network: runs are written as ``offline-run-*`` folders for
-``wandb sync``: a trial's under ``<trial dir>/wandb/`` (Ray's logging actor runs in the trial directory),
-the summary under ``<experiment dir>/wandb/``. ``disabled`` creates nothing. The API key is read by W&B
-itself from ``WANDB_API_KEY`` when online; nothing here reads, passes or logs it.
+Offline (``wandb.mode: offline``) needs no network: every run, the trials' and the summary, is written as an
+``offline-run-*`` folder in one place (:func:`runs_dir`), so one ``wandb sync <runs dir>/wandb/offline-run-*``
+uploads them all. ``disabled`` creates nothing. The API key is read by W&B itself from ``WANDB_API_KEY`` when
+online; nothing here reads, passes or logs it.
 """
 
 from __future__ import annotations
@@ -28,19 +28,32 @@ UPLOAD_TIMEOUT_S = 60  # Ray waits this long for trial runs to finish at the end
 SUMMARY_JOB_TYPE = "sweep-summary"
 
 
+def runs_dir(cfg: SweepConfig) -> Path:
+    """The folder whose ``wandb/`` holds every W&B run of the sweep: the experiment folder; for a sweep on
+    object storage, ``<name>-wandb`` beside its Optuna journal (a local or NFS file for such a sweep)."""
+    if is_uri(cfg.storage_path):
+        return Path(cfg.optuna_journal).parent / f"{cfg.name}-wandb"
+    return Path(cfg.experiment_dir)
+
+
 def trial_callbacks(cfg: SweepConfig) -> list:
     """The Tune callbacks that log each trial to W&B (none when disabled). Call in the driver process.
 
-    Sets ``WANDB_MODE`` in this process: Ray's callback looks for an API key in the driver unless the
-    environment says offline/disabled, so an offline sweep without a key would otherwise fail to start.
+    Each trial's run is written under :func:`runs_dir` (``dir=``, passed on to ``wandb.init`` by Ray's logging
+    actor, which runs on the driver's node), not in the trial's folder, which Tune copies to storage before the
+    last run is complete. Sets ``WANDB_MODE`` in this process: Ray's callback looks for an API key in the
+    driver unless the environment says offline/disabled, so an offline sweep without a key would otherwise
+    fail to start.
     """
     if cfg.wandb.mode == "disabled":
         return []
-    from sweeps import ray_compat
+    from ray.air.integrations.wandb import WandbLoggerCallback
 
     os.environ["WANDB_MODE"] = cfg.wandb.mode
-    return [ray_compat.wandb_logger_callback(project=cfg.wandb.project, group=cfg.name, mode=cfg.wandb.mode,
-                                             upload_timeout=UPLOAD_TIMEOUT_S)]
+    folder = runs_dir(cfg)
+    folder.mkdir(parents=True, exist_ok=True)  # wandb.init falls back to a temporary folder without it
+    return [WandbLoggerCallback(project=cfg.wandb.project, group=cfg.name, mode=cfg.wandb.mode, dir=str(folder),
+                                upload_timeout=UPLOAD_TIMEOUT_S)]
 
 
 def trials_rows(sweep: SweepResults) -> tuple[list[str], list[list[Any]]]:
@@ -71,9 +84,10 @@ def log_sweep_summary(cfg: SweepConfig, sweep: SweepResults | None = None) -> Pa
     if sweep is None:
         sweep = load_sweep(cfg.experiment_dir, journal=cfg.optuna_journal, study_name=cfg.study_name)
     best = sweep.best_checkpoint()
-    run_dir = None if is_uri(cfg.storage_path) else cfg.experiment_dir
+    folder = runs_dir(cfg)
+    folder.mkdir(parents=True, exist_ok=True)
     run = wandb.init(project=cfg.wandb.project, group=cfg.name, name=f"{cfg.name}-summary",
-                     job_type=SUMMARY_JOB_TYPE, dir=run_dir, mode=cfg.wandb.mode,
+                     job_type=SUMMARY_JOB_TYPE, dir=str(folder), mode=cfg.wandb.mode,
                      config=dataclasses.asdict(cfg))
     try:
         run.log({"trials": wandb.Table(*trials_rows(sweep)), "pareto_front": wandb.Table(*pareto_rows(sweep))})

@@ -99,7 +99,7 @@ def run_bytes(run_dir: Path) -> bytes:
 
 
 def trial_run_logs(cfg, summary_dir) -> dict[str, tuple[str, bytes]]:
-    """Each trial's status and its offline run's log, keyed by trial id (the run lives in the trial's folder)."""
+    """Each trial's status and its offline run's log, keyed by trial id (the run's folder ends with it)."""
     sweep = load_sweep(cfg.experiment_dir)
     trial_runs = [r for r in offline_runs(cfg.experiment_dir) if r != summary_dir]
     assert len(trial_runs) == len(sweep.trials) == len(LRS)
@@ -125,9 +125,19 @@ def test_each_trial_gets_an_offline_run_in_its_trial_directory_grouped_by_sweep(
         assert_full_run(log, cfg)
 
 
+def test_every_run_lies_where_the_readmes_one_sync_command_finds_it(offline_sweep):
+    """`wandb sync <experiment dir>/wandb/offline-run-*` uploads every trial's run and the summary."""
+    cfg, summary_dir = offline_sweep
+    listed = sorted(Path(cfg.experiment_dir).glob("wandb/offline-run-*"))  # the README's glob
+    assert listed == offline_runs(cfg.experiment_dir), offline_runs(cfg.experiment_dir)  # none elsewhere
+    assert len(listed) == len(LRS) + 1 and summary_dir in listed, (listed, summary_dir)
+    sizes = {run.name: next(run.glob("*.wandb")).stat().st_size for run in listed}
+    assert min(sizes.values()) > 1000, sizes  # complete, not a bare header
+
+
 def test_an_early_stopped_trial_keeps_its_offline_run_too(offline_sweep):
-    """The last trial to end (here the stopped one) was still writing its run when Tune made its final copy of
-    the trial folders to storage (sweeps.ray_compat.wandb_logger_callback)."""
+    """The last trial to end (here the stopped one) used to keep a 7-byte header in the experiment folder: Tune
+    copied the trial folders before the run was complete (RELIABILITY.md). Its run is now written in place."""
     cfg, summary_dir = offline_sweep
     stopped = [log for status, log in trial_run_logs(cfg, summary_dir).values() if status != "COMPLETE"]
     assert stopped
