@@ -1,9 +1,10 @@
 """Acceptance: the sweep submitted as a Ray job to a running head joins that head and succeeds (issue 5).
 
-The README recipe, on this machine: ``ray start --head`` (dashboard on 127.0.0.1), then
-``RAY_AUTH_MODE=token ray job submit --working-dir . -- python sweeps/stage2.py --config CFG`` (the jobs
-CLI sends the head's auth token only with ``RAY_AUTH_MODE=token``). The job is one trial of 1 worker x 2
-steps of the REAL training loop (tiny preset). The test checks that the job SUCCEEDED, that its driver
+The README recipe "On one machine", run as written: its ``ray start --head`` and ``RAY_AUTH_MODE=token ray job
+submit ...`` lines are read from README.md, and only what cannot be the same here is replaced (free ports
+for 6379 and 8265, the test's config and submission id; ``ray start`` gets ``--block`` and the other ports,
+so that the test can stop exactly the head it started). The job is one trial of 1 worker x 2 steps of the
+REAL training loop (tiny preset). The test checks that the job SUCCEEDED, that its driver
 joined the head instead of starting a second Ray (``address: null`` + the job's ``RAY_ADDRESS``), that
 the uploaded working directory left out the virtual environment and data (.gitignore), and that the
 sweep wrote its results where the config said.
@@ -15,7 +16,9 @@ Ray on the machine.
 
 from __future__ import annotations
 
+import itertools
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -33,7 +36,30 @@ from sweeps.results import journal_storage
 
 REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
-JOB_ID = "sweep-job-test"
+JOB_ID = "sweep-job-test"  # in place of the README's stage2-cass
+
+
+def readme_commands(after: str) -> list[tuple[dict[str, str], list[str]]]:
+    """The commands of the first ``bash`` block after the line ``after`` in README.md: (leading environment
+    assignments, argv), continuation lines joined, comments and ``source`` lines left out."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    block = text[text.index(after):].split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = []
+    for line in block.replace("\\\n", " ").splitlines():
+        words = shlex.split(line, comments=True)
+        if not words or words[0] == "source":
+            continue
+        assignments = len(words) - len(list(itertools.dropwhile(lambda w: "=" in w and w.split("=")[0].isupper(),
+                                                                 words)))
+        commands.append((dict(w.split("=", 1) for w in words[:assignments]), words[assignments:]))
+    return commands
+
+
+def substituted(argv: list[str], replacements: dict[str, str]) -> list[str]:
+    """``argv`` with each replacement made inside every argument."""
+    for old, new in replacements.items():
+        argv = [arg.replace(old, new) for arg in argv]
+    return argv
 
 
 def free_ports(n: int) -> list[int]:
@@ -111,17 +137,30 @@ def gcs_servers(head: subprocess.Popen) -> list[psutil.Process]:
     return [p for p in psutil.Process(head.pid).children(recursive=True) if p.name() == "gcs_server"]
 
 
+def test_the_readme_recipe_starts_a_head_then_submits_and_resumes_the_stage2_sweep():
+    """What the acceptance test below runs, read from README.md: the commands and their order."""
+    (start_env, start), (submit_env, submit), (resume_env, resume) = readme_commands("On one machine:")
+    assert start[:3] == ["ray", "start", "--head"] and "--dashboard-host" in start
+    assert start[start.index("--dashboard-host") + 1] == "127.0.0.1"  # never a public interface
+    assert submit_env == resume_env == {"RAY_AUTH_MODE": "token"}  # the CLI sends the token only then
+    assert submit[:3] == ["ray", "job", "submit"]
+    assert submit[-4:] == ["python", "sweeps/stage2.py", "--config", "sweeps/configs/stage2.yaml"]
+    assert resume == [*substituted(submit, {"stage2-cass": "stage2-cass-r1"}), "--resume"]
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_the_sweep_runs_as_a_ray_job_on_a_running_head(tmp_path):
     cfg_file = write_config(tmp_path)
     cfg = load_sweep_config(cfg_file)
     gcs_port, dash_port, *other = free_ports(8)
-    env = cli_env()
+    (_, start_cmd), (submit_env, submit_cmd), _ = readme_commands("On one machine:")
+    here = {"6379": str(gcs_port), "8265": str(dash_port), "sweeps/configs/stage2.yaml": str(cfg_file),
+            "stage2-cass": JOB_ID}
+    env = {**cli_env(), **submit_env}
     start = time.monotonic()
     head = subprocess.Popen(
-        [RAY, "start", "--head", "--block", "--num-cpus", "2", "--port", str(gcs_port),
-         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port), "--include-dashboard", "true",
+        [RAY, *substituted(start_cmd, here)[1:], "--block", "--num-cpus", "2",
          "--dashboard-agent-listen-port", str(other[0]), "--dashboard-agent-grpc-port", str(other[1]),
          "--runtime-env-agent-port", str(other[2]), "--metrics-export-port", str(other[3]),
          "--ray-client-server-port", str(other[4]), "--node-manager-port", str(other[5]),
@@ -138,23 +177,18 @@ def test_the_sweep_runs_as_a_ray_job_on_a_running_head(tmp_path):
             time.sleep(2)
         print(f"head up after {time.monotonic() - start:.0f} s")
 
-        # The job server answers before the dashboard agent that runs jobs is up: retry "No available agent".
-        submit_cmd = [RAY, "job", "submit", "--address", address, "--submission-id", JOB_ID, "--no-wait",
-                      "--working-dir", ".", "--", "python", "sweeps/stage2.py", "--config", str(cfg_file)]
+        # The README's submit, which streams the job until it ends. The job server answers before the
+        # dashboard agent that runs jobs is up: retry "No available agent".
+        command = [RAY, *substituted(submit_cmd, here)[1:]]
         while True:
-            submit = subprocess.run(submit_cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+            submit = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=480)
             if submit.returncode == 0 or "No available agent" not in submit.stdout + submit.stderr:
                 break
             assert time.monotonic() < deadline + 60, "no dashboard agent to run the job"
             time.sleep(3)
-        assert submit.returncode == 0, submit.stdout[-4000:] + submit.stderr[-4000:]
-        status = ""
-        job_deadline = time.monotonic() + 420
-        while not any(s in status for s in ("SUCCEEDED", "FAILED", "STOPPED")):
-            assert time.monotonic() < job_deadline, f"the job did not finish in time: {status}"
-            time.sleep(3)
-            done = ray_job(env, "status", address)
-            status = (done.stdout + done.stderr).upper()  # the CLI logs the status to stderr
+        assert submit.returncode == 0, submit.stdout[-4000:] + submit.stderr[-4000:]  # 0: the job succeeded
+        done = ray_job(env, "status", address)
+        status = (done.stdout + done.stderr).upper()  # the CLI logs the status to stderr
         logs = ray_job(env, "logs", address).stdout
         (tmp_path / "job.log").write_text(submit.stdout + submit.stderr + "\n---- logs\n" + logs)
         assert "SUCCEEDED" in status, status + logs[-5000:]
@@ -169,6 +203,7 @@ def test_the_sweep_runs_as_a_ray_job_on_a_running_head(tmp_path):
     driver_log = (tmp_path / "out" / "job-test" / "logs" / "driver.log").read_text()
     assert "Connecting to existing Ray cluster" in driver_log and "Started a local Ray instance" not in driver_log
     assert "job-test" in logs and "Pareto front" in logs  # the console lines reach `ray job logs`
+    assert "Pareto front" in submit.stdout + submit.stderr  # and the submitting terminal, as the README says
     # The uploaded working dir is the sources only: .gitignore keeps .venv, data/, sweeps_out/ out.
     (working_dir,) = uploaded
     assert (working_dir / "sweeps" / "stage2.py").exists()
