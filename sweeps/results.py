@@ -11,6 +11,8 @@ journal (:func:`sweeps.config.default_journal` unless the sweep named another fi
 
 The rules:
 
+- a trial's reports are one per step, the last of a step's (a resumed trial reports its resume checkpoint
+  again: :func:`one_row_per_step`);
 - a trial's objectives are its LAST report, as Optuna was told; its status is Optuna's (COMPLETE,
   PRUNED = stopped early by ASHA, FAIL = diverged or errored), else Tune's;
 - a trial's **best report** by a metric (default ``val_dice``) is its highest-valued report among those
@@ -230,6 +232,16 @@ def experiment_filesystem(experiment: str) -> tuple[pyarrow.fs.FileSystem, str]:
     return fs, path
 
 
+def one_row_per_step(history: pd.DataFrame) -> pd.DataFrame:
+    """A trial's reports by step, one per step: the last of a step's reports. A resumed trial reports its
+    resume checkpoint again (Tune may have lost the first report with the driver); the first report's
+    checkpoint may be gone since (Train keeps ``num_to_keep``), the second's is not."""
+    if TIME_ATTR not in history:
+        return history
+    history = history.sort_values(TIME_ATTR, kind="stable")
+    return history.drop_duplicates(subset=[TIME_ATTR], keep="last").reset_index(drop=True)
+
+
 def load_sweep(experiment_dir: str | Path, *, journal: str | Path | None = None,
                study_name: str | None = None) -> SweepResults:
     """Read a sweep's Tune results and its Optuna study (no Ray cluster needed).
@@ -263,8 +275,7 @@ def load_sweep(experiment_dir: str | Path, *, journal: str | Path | None = None,
     for trial in analysis.trials:
         history = analysis.trial_dataframes.get(trial.trial_id)
         history = pd.DataFrame() if history is None else history
-        if TIME_ATTR in history:
-            history = history.sort_values(TIME_ATTR, kind="stable").reset_index(drop=True)
+        history = one_row_per_step(history)
         trials.append(TrialRecord(trial.trial_id, dict(trial.config), states.get(trial.trial_id, trial.status),
                                   history, draws.get(trial.trial_id)))
     return SweepResults(name, Path(experiment).absolute() if not is_uri(experiment) else experiment, trials, study,

@@ -61,3 +61,15 @@ def test_a_history_that_records_no_checkpoints_still_has_a_best_report_but_no_be
     sweep = sweep_of(trial("t1", {"step": 2, "val_dice": 0.3}, {"step": 4, "val_dice": 0.2}))
     assert sweep.best.trial_id == "t1" and sweep.best.best_report()["step"] == 2
     assert sweep.best_checkpoint() is None
+
+
+def test_a_step_reported_twice_keeps_its_last_report():
+    """A resumed trial reports its resume checkpoint again: one row per step, the second report's checkpoint."""
+    from sweeps.results import one_row_per_step
+
+    history = pd.DataFrame([report(2, 0.3, 0.1, "/c/first-2"), report(4, 0.5, 0.2, "/c/first-4"),
+                            report(4, 0.5, 0.2, "/c/again-4"), report(6, 0.4, 0.2, "/c/6")])
+    rows = one_row_per_step(history)
+    assert rows["step"].tolist() == [2, 4, 6]
+    assert rows["checkpoint_path"].tolist() == ["/c/first-2", "/c/again-4", "/c/6"]
+    assert best_report(rows)["checkpoint_path"] == "/c/again-4"

@@ -18,6 +18,7 @@ driver's process group and every process the driver had started (its local Ray),
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -33,7 +34,7 @@ from optuna.trial import TrialState
 from search_spaces import load_search_spec
 from sweeps.config import load_sweep_config
 from sweeps.optuna_search import RAY_TRIAL_ID_ATTR
-from sweeps.results import journal_storage
+from sweeps.results import journal_storage, load_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_SAMPLES = 4
@@ -157,6 +158,12 @@ def test_a_killed_sweep_resumes_keeping_every_finished_trial_once(tmp_path):
             assert ray_id in kept or f"{ray_id} (it had finished" in account, account
     for t in trials.values():
         assert t.user_attrs.get(RAY_TRIAL_ID_ATTR, "(none)") in account or f"#{t.number}" in account, account
+    # A continued trial's history keeps the step it continued from (its resume checkpoint is reported again),
+    # once.
+    histories = {t.trial_id: t.history for t in load_sweep(cfg.experiment_dir).trials}
+    for ray_id, step in re.findall(r"(\w{8}) from step (\d+)", account):
+        assert int(step) in histories[ray_id]["step"].tolist(), (ray_id, step, histories[ray_id]["step"].tolist())
+    assert all(h["step"].is_unique for h in histories.values())
 
     # 3. Tune: num_samples trials, each once, none errored.
     tune = tune_trials(cfg.experiment_dir)

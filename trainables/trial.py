@@ -220,6 +220,11 @@ def run_trial(cfg: TrialConfig, *, rank: int = 0, world_size: int = 1, device: t
         scheduler.load_state_dict(state.scheduler)
         step = state.step
         log.info("resumed at step %d (lr %s)", step, scheduler.get_last_lr())
+        # Tune may have lost this checkpoint's report (the driver died before its snapshot reached storage):
+        # report it again, with the checkpoint, so that the trial's history keeps the point and can pick it.
+        # sweeps.results keeps one row per step. After the state is loaded: the report drops the trainer
+        # state of the checkpoint it supersedes (trainables/train_loop.py), which may be this very folder.
+        report(load_saved_metrics(resume_from), resume_from if rank == 0 else None)
     train_model = model
     if world_size > 1:
         train_model = wrap_ddp(model)
