@@ -182,6 +182,10 @@ class SweepProgress(Callback):
         key, step = trial_key(trial.trial_id), int(result.get("step", 0))
         if result["val_dice"] >= self.best.get(key, (-math.inf, 0))[0]:
             self.best[key] = (float(result["val_dice"]), step)
+        if step <= self.previous_step.get(key, 0):  # a resumed trial reporting its resume checkpoint again
+            CONSOLE.line(f"{time.strftime('%H:%M:%S')} {key} resumed at step {step}  val Dice "
+                         f"{result['val_dice']:.3f}")
+            return
         CONSOLE.line(format_validation(key, result, self.max_steps, self.previous_step.get(key, 0)))
         self.previous_step[key] = step
 

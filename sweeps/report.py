@@ -95,7 +95,7 @@ def compute_events(sweep: SweepResults) -> pd.DataFrame:
         if h.empty or not {"step", "timestamp", "time_total_s"} <= set(h):
             continue
         frames.append(pd.DataFrame({
-            "start": h["timestamp"].iloc[0] - h["time_total_s"].iloc[0], "timestamp": h["timestamp"],
+            "start": (h["timestamp"] - h["time_total_s"]).min(), "timestamp": h["timestamp"],
             "time_total_s": h["time_total_s"], "spent": h["step"].diff().fillna(h["step"]).clip(lower=0),
             METRIC: h[METRIC] if METRIC in h else np.nan}))
     if not frames:

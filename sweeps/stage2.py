@@ -228,6 +228,8 @@ def make_trial_function(cfg: SweepConfig, train_loop: TrainLoop) -> Callable[[di
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from sweeps.resume_account import checkpoint_step
+
     base = cfg.trial
     train_storage = cfg.train_runs
     checkpoints = CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep, checkpoint_score_attribute=METRIC,
@@ -244,7 +246,9 @@ def make_trial_function(cfg: SweepConfig, train_loop: TrainLoop) -> Callable[[di
         trainer = TorchTrainer(
             train_loop,
             train_loop_config={"trial": trial.to_dict(),
-                               "label": console.trial_key(tune.get_context().get_trial_id())},
+                               "label": console.trial_key(tune.get_context().get_trial_id()),
+                               # a Train run with checkpoints already: the driver is running it again
+                               "report_resume": checkpoint_step(train_storage, run_name) is not None},
             scaling_config=ScalingConfig(num_workers=trial.num_workers, use_gpu=trial.use_gpu,
                                          resources_per_worker=resources),
             torch_config=TorchConfig(backend=trial.backend),

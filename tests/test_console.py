@@ -127,6 +127,21 @@ def test_a_failed_trial_shows_the_exception_not_tunes_header(monkeypatch):
     assert console.error_summary(None) == "(no message)"
 
 
+def test_a_resumed_trial_reporting_its_checkpoint_again_gets_a_resume_line_not_a_time_estimate(monkeypatch):
+    class Trial:
+        trial_id = "a1"
+
+    out = io.StringIO()
+    monkeypatch.setattr(console, "CONSOLE", Console(out))
+    progress = console.SweepProgress(max_steps=400)
+    result = {"step": 150, "val_dice": 0.4, "val_ap75": 0.1, "seconds_per_step": 0.5, "val_seconds": 40.0}
+    progress.on_trial_result(0, [], Trial(), result)
+    progress.on_trial_result(0, [], Trial(), result)  # the same checkpoint, reported again after a restart
+    first, again = out.getvalue().splitlines()
+    assert "~" in first and again.endswith("a1 resumed at step 150  val Dice 0.400")
+    assert progress.get_state()["previous_step"] == {"a1": 150}
+
+
 def test_the_progress_callback_keeps_each_trials_best_across_a_resume():
     progress = console.SweepProgress(max_steps=400)
     progress.set_state({"previous_step": {"a1": 150}, "best": {"a1": [0.41, 150]}})

@@ -118,7 +118,7 @@ def straight_interrupted_and_resumed(cfg: TrialConfig, root: Path) -> tuple[Reco
     with pytest.raises(WorkerKilled):
         run_trial(cfg, report=report_then_die)
     resumed = Recorder(root / "resumed")
-    run_trial(cfg, resume_from=first_half.checkpoints[0], report=resumed)
+    run_trial(cfg, resume_from=first_half.checkpoints[0], report=resumed, report_resume=True)  # a driver re-run
     return straight, first_half, resumed
 
 

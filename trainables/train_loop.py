@@ -44,7 +44,9 @@ class RayReporter:
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Run one trial on this Ray Train worker. ``config["trial"]`` is a :class:`TrialConfig` as a dict;
-    ``config["label"]`` (optional) names the trial in rank 0's progress lines (:mod:`trainables.progress`)."""
+    ``config["label"]`` (optional) names the trial in rank 0's progress lines (:mod:`trainables.progress`);
+    ``config["report_resume"]`` (optional): the driver runs this trial again after a restart, so a resume
+    reports its checkpoint again first (``run_trial``'s ``report_resume``)."""
     cfg = TrialConfig.from_dict(config["trial"], source="train_loop_config['trial']")
     context = ray.train.get_context()
     checkpoint = ray.train.get_checkpoint()
@@ -56,4 +58,4 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         run_trial(cfg, **common)
         return
     with checkpoint.as_directory() as resume_dir:
-        run_trial(cfg, resume_from=Path(resume_dir), **common)
+        run_trial(cfg, resume_from=Path(resume_dir), report_resume=bool(config.get("report_resume")), **common)

@@ -184,10 +184,11 @@ def frozen_source(cfg: TrialConfig) -> FrozenSource | None:
 
 def run_trial(cfg: TrialConfig, *, rank: int = 0, world_size: int = 1, device: torch.device | None = None,
               resume_from: Path | None = None, report: Reporter,
-              progress: Callable[[int, float], None] | None = None) -> None:
+              progress: Callable[[int, float], None] | None = None, report_resume: bool = False) -> None:
     """Train one trial on this worker, reporting metrics (and a checkpoint) every ``val_every`` steps;
     ``progress`` (rank 0's, e.g. :class:`trainables.progress.ProgressPrinter`) is told every step done and the
-    seconds per step since the last validation."""
+    seconds per step since the last validation. ``report_resume``: report the ``resume_from`` checkpoint again
+    before training on (a trial a restarted driver runs again: the dead driver may have lost that report)."""
     trial_start = time.perf_counter()  # reports carry elapsed_s: model build, data and loop, not Ray's start-up
     device = device or torch.device("cpu")
     torch.set_num_threads(cfg.cpu_threads_per_worker)
@@ -220,11 +221,12 @@ def run_trial(cfg: TrialConfig, *, rank: int = 0, world_size: int = 1, device: t
         scheduler.load_state_dict(state.scheduler)
         step = state.step
         log.info("resumed at step %d (lr %s)", step, scheduler.get_last_lr())
-        # Tune may have lost this checkpoint's report (the driver died before its snapshot reached storage):
-        # report it again, with the checkpoint, so that the trial's history keeps the point and can pick it.
-        # sweeps.results keeps one row per step. After the state is loaded: the report drops the trainer
-        # state of the checkpoint it supersedes (trainables/train_loop.py), which may be this very folder.
-        report(load_saved_metrics(resume_from), resume_from if rank == 0 else None)
+        if report_resume:
+            # Tune may have lost this checkpoint's report (the driver died before its snapshot reached storage):
+            # report it again, with the checkpoint, so that the trial's history keeps the point and can pick
+            # it; sweeps.results keeps one row per step. After the state is loaded: the report drops the
+            # trainer state of the checkpoint it supersedes (trainables/train_loop.py), maybe this very folder.
+            report(load_saved_metrics(resume_from), resume_from if rank == 0 else None)
     train_model = model
     if world_size > 1:
         train_model = wrap_ddp(model)
