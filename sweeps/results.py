@@ -128,6 +128,7 @@ class TrialRecord:
     status: str
     history: pd.DataFrame = field(repr=False)
     draw: str | None = None
+    tune_status: str | None = None  # Tune's saved status (TERMINATED, RUNNING, PENDING, PAUSED, ERROR)
 
     def last(self, key: str) -> float:
         """The last reported value of ``key`` (nan if never reported)."""
@@ -277,7 +278,7 @@ def load_sweep(experiment_dir: str | Path, *, journal: str | Path | None = None,
         history = pd.DataFrame() if history is None else history
         history = one_row_per_step(history)
         trials.append(TrialRecord(trial.trial_id, dict(trial.config), states.get(trial.trial_id, trial.status),
-                                  history, draws.get(trial.trial_id)))
+                                  history, draws.get(trial.trial_id), trial.status))
     return SweepResults(name, Path(experiment).absolute() if not is_uri(experiment) else experiment, trials, study,
                         pareto_front(study, {t.trial_id: t.history for t in trials}), notes)
 

@@ -57,10 +57,10 @@ def describe_resume(cfg: SweepConfig, sweep: SweepResults | None = None) -> str:
     """The account of what ``--resume`` of ``cfg`` found, one line per kind of trial (``sweep``: the sweep
     as read already, else read here)."""
     sweep = sweep or load_sweep(cfg.experiment_dir, journal=cfg.optuna_journal, study_name=cfg.study_name)
-    tune_status = _tune_statuses(cfg)
+    tune_status = {t.trial_id: t.tune_status for t in sweep.trials}
     kept, continued, retried = [], [], []
     for trial in sweep.trials:
-        status = tune_status.get(trial.trial_id, "")
+        status = trial.tune_status
         if status == "TERMINATED":
             kept.append(f"{trial.trial_id} ({_ended(trial, cfg.trial.max_steps)})")
         elif status in UNFINISHED or status == "ERROR":
@@ -83,12 +83,3 @@ def describe_resume(cfg: SweepConfig, sweep: SweepResults | None = None) -> str:
                                                  if adopted else "")]
     return "\n".join(lines)
 
-
-def _tune_statuses(cfg: SweepConfig) -> dict[str, str]:
-    """Tune's saved status of each trial (TERMINATED, RUNNING, PENDING, PAUSED, ERROR), by trial id."""
-    from ray.tune import ExperimentAnalysis
-
-    from sweeps.results import experiment_filesystem
-
-    fs, path = experiment_filesystem(cfg.experiment_dir)
-    return {t.trial_id: t.status for t in ExperimentAnalysis(path, storage_filesystem=fs).trials}
