@@ -144,11 +144,6 @@ def reset_console() -> None:
     CONSOLE = Console()
 
 
-def trial_key(trial_id: str) -> str:
-    """A trial's name on the console: its Tune id (the experiment folder's trial folder, the report's rows)."""
-    return trial_id
-
-
 def worker_line(line: str) -> tuple[str, str] | None:
     """``(trial key, text)`` of a worker's progress line (:class:`trainables.progress.ProgressPrinter`), else
     None."""
@@ -179,7 +174,7 @@ class SweepProgress(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if result.get("diverged") or "val_dice" not in result:
             return
-        key, step = trial_key(trial.trial_id), int(result.get("step", 0))
+        key, step = trial.trial_id, int(result.get("step", 0))
         if result["val_dice"] >= self.best.get(key, (-math.inf, 0))[0]:
             self.best[key] = (float(result["val_dice"]), step)
         if step <= self.previous_step.get(key, 0):  # a resumed trial reporting its resume checkpoint again
@@ -190,12 +185,12 @@ class SweepProgress(Callback):
         self.previous_step[key] = step
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        key = trial_key(trial.trial_id)
+        key = trial.trial_id
         CONSOLE.forget(key)
         CONSOLE.line(format_end(key, trial.last_result or {}, self.max_steps, self.best.get(key)))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        key = trial_key(trial.trial_id)
+        key = trial.trial_id
         CONSOLE.forget(key)
         step = (trial.last_result or {}).get("step")
         CONSOLE.line(f"{time.strftime('%H:%M:%S')} {key} failed{f' after step {step}' if step else ''}: "

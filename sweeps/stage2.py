@@ -246,7 +246,7 @@ def make_trial_function(cfg: SweepConfig, train_loop: TrainLoop) -> Callable[[di
         trainer = TorchTrainer(
             train_loop,
             train_loop_config={"trial": trial.to_dict(),
-                               "label": console.trial_key(tune.get_context().get_trial_id()),
+                               "label": tune.get_context().get_trial_id(),  # the console's name for it
                                # a Train run with checkpoints already: the driver is running it again
                                "report_resume": checkpoint_step(train_storage, run_name) is not None},
             scaling_config=ScalingConfig(num_workers=trial.num_workers, use_gpu=trial.use_gpu,
@@ -339,7 +339,7 @@ def run_sweep(cfg: SweepConfig, spec: SearchSpec, *, resume: bool = False,
             run_config.callbacks = [*(run_config.callbacks or []), console.SweepProgress(cfg.trial.max_steps)]
     else:
         callbacks = [*wandb_summary.trial_callbacks(cfg), optimizer_state.DropStateOfEndedTrials(cfg),
-                     console.SweepProgress(cfg.trial.max_steps)]
+                     *([console.SweepProgress(cfg.trial.max_steps)] if quiet else [])]
         tuner = tune.Tuner(
             trainable,
             param_space=spec.params,
