@@ -1,0 +1,92 @@
+"""The README's cleanup after a crash: ``ray stop --force`` ends the Ray processes a killed driver left.
+
+A one-trial sweep runs as a user runs it (``python sweeps/stage2.py --config CFG``, its own local Ray) and is
+killed the way a crash kills it: SIGKILL to the driver alone, while its trial trains. The test checks that
+Ray processes outlive the driver (what the README warns of), then runs the README's ``ray stop --force`` as
+written and checks that none is left.
+
+``ray stop`` stops every Ray process on the machine, not only the killed driver's: the test is skipped where
+any other Ray process runs (a user's sweep, another Ray test), and it finds Ray processes with the same
+filter ``ray stop`` uses.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+from ray.autoscaler._private.constants import RAY_PROCESSES
+from readme import readme_commands
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def ray_processes() -> list[psutil.Process]:
+    """The processes ``ray stop`` would stop: its own name and command-line filters (``RAY_PROCESSES``)."""
+    found = []
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        name, argv = proc.info["name"] or "", subprocess.list2cmdline(proc.info["cmdline"] or [])
+        if any(keyword in (name if by_name else argv) for keyword, by_name in RAY_PROCESSES):
+            found.append(proc)
+    return found
+
+
+def write_config(tmp_path: Path) -> Path:
+    """One trial long enough to be training when the driver is killed."""
+    raw = {
+        "name": "crash-test",
+        "storage_path": str(tmp_path / "out"),
+        "search_space": str(REPO / "search_spaces" / "local.yaml"),
+        "num_samples": 1,
+        "max_concurrent_trials": 1,
+        "dataset": {"dir": str(tmp_path / "data"), "synthetic": {"train": 8, "val": 4, "size": 224, "seed": 0}},
+        "trial": {"preset": "tiny", "resolution": 224, "max_steps": 400, "warmup_steps": 1, "val_every": 200,
+                  "num_workers": 1, "use_gpu": False, "cpu_threads_per_worker": 1, "backend": "gloo",
+                  "precision": "fp32"},
+        "scheduler": {"grace_period": 200, "reduction_factor": 2},
+        "wandb": {"mode": "disabled"},
+        "ray": {"address": None, "dashboard_host": "127.0.0.1"},
+    }
+    path = tmp_path / "crash.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_ray_stop_force_ends_what_a_killed_driver_left(tmp_path):
+    if others := ray_processes():
+        pytest.skip(f"{len(others)} other Ray process(es) run on this machine (e.g. {others[0].name()}): "
+                    "`ray stop --force` would stop them too")
+    (_, stop), = [command for command in readme_commands("From another machine") if command[1][:2] == ["ray", "stop"]]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(TORCHDYNAMO_DISABLE="1", WANDB_MODE="disabled")
+    driver = subprocess.Popen([sys.executable, "sweeps/stage2.py", "--config", str(write_config(tmp_path))],
+                              cwd=REPO, env=env, stdout=(tmp_path / "driver.log").open("w"),
+                              stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 240
+        while not any("RayTrainWorker" in p.name() for p in ray_processes() if p.is_running()):
+            assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no trial started training"
+            time.sleep(1)
+        driver.kill()  # the crash: the driver alone
+        driver.wait(timeout=30)
+        time.sleep(5)
+        left = ray_processes()
+        assert left, "no Ray process outlived the killed driver: the README's warning is out of date"
+        print(f"left after the crash: {sorted(p.name() for p in left)}")
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    cleanup = subprocess.run([str(Path(sys.executable).with_name(stop[0])), *stop[1:]], env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert cleanup.returncode == 0, cleanup.stdout + cleanup.stderr
+    _, alive = psutil.wait_procs(left, timeout=30)
+    assert not alive and not ray_processes(), f"Ray processes still alive after `ray stop --force`: {alive}"
