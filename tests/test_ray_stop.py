@@ -1,9 +1,11 @@
 """The README's cleanup after a crash: ``ray stop --force`` ends the Ray processes a killed driver left.
 
-A one-trial sweep runs as a user runs it (``python sweeps/stage2.py --config CFG``, its own local Ray) and is
-killed the way a crash kills it: SIGKILL to the driver alone, while its trial trains. The test checks that
-Ray processes outlive the driver (what the README warns of), then runs the README's ``ray stop --force`` as
-written and checks that none is left.
+A one-trial sweep runs as a user runs it (``python sweeps/stage2.py --config CFG``, its own local Ray, its
+console to a file). Once that console shows the trial's progress line (rank 0 prints one after 15 s of
+training: the only end-to-end check that progress between validations reaches the person watching), the
+driver is killed the way a crash kills it: SIGKILL to the driver alone. The test checks that Ray processes
+outlive the driver (what the README warns of), then runs the README's ``ray stop --force`` as written and
+checks that none is left.
 
 ``ray stop`` stops every Ray process on the machine, not only the killed driver's: the test is skipped where
 any other Ray process runs (a user's sweep, another Ray test), and it finds Ray processes with the same
@@ -13,6 +15,7 @@ filter ``ray stop`` uses.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -60,7 +63,7 @@ def write_config(tmp_path: Path) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
-def test_ray_stop_force_ends_what_a_killed_driver_left(tmp_path):
+def test_a_training_trial_shows_progress_and_ray_stop_force_ends_what_its_killed_driver_left(tmp_path):
     if others := ray_processes():
         pytest.skip(f"{len(others)} other Ray process(es) run on this machine (e.g. {others[0].name()}): "
                     "`ray stop --force` would stop them too")
@@ -72,10 +75,12 @@ def test_ray_stop_force_ends_what_a_killed_driver_left(tmp_path):
                               stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 240
-        while not any("RayTrainWorker" in p.name() for p in ray_processes() if p.is_running()):
-            assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "no trial started training"
+        progress = re.compile(r"^\w+ step \d+/400, [\d.]+ s/step, ~[\d.]+ (s|min|h) left$", re.MULTILINE)
+        while not progress.search(console := (tmp_path / "driver.log").read_text()):
+            assert driver.poll() is None, console[-3000:]
+            assert time.monotonic() < deadline, f"no progress line on the console:\n{console[-3000:]}"
             time.sleep(1)
+        print(f"progress on the console: {progress.search(console).group(0)!r}")
         driver.kill()  # the crash: the driver alone
         driver.wait(timeout=30)
         time.sleep(5)
