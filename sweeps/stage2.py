@@ -285,19 +285,16 @@ def make_searcher(cfg: SweepConfig, spec: SearchSpec) -> ResumableOptunaSearch:
 
 
 def max_concurrent_trials(cfg: SweepConfig) -> int:
-    """``cfg.max_concurrent_trials``, or how many trials the connected cluster fits at once."""
-    if cfg.max_concurrent_trials:
-        return cfg.max_concurrent_trials
+    """How many trials run at once on the connected cluster (:mod:`sweeps.cluster_size`), printed with where
+    the figure comes from."""
     import ray
 
-    from sweeps.preflight import trial_needs, trials_that_fit
+    from sweeps.cluster_size import sweep_concurrency
 
-    total = ray.cluster_resources()
-    kind, per_trial = trial_needs(cfg)
-    concurrency = trials_that_fit(cfg, total)
-    print(f"concurrency: {concurrency} trial(s) at once ({int(total.get(kind, 0))} {kind}s in the cluster / "
-          f"{per_trial} per trial)", flush=True)
-    return concurrency
+    gcs_address = ray.get_runtime_context().gcs_address if ray.is_initialized() else None
+    concurrency = sweep_concurrency(cfg, gcs_address, say=lambda text: print(text, flush=True))
+    print(f"concurrency: {concurrency.trials} trial(s) at once ({concurrency.source})", flush=True)
+    return concurrency.trials
 
 
 def make_scheduler(cfg: SweepConfig):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import re
 import shlex
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")  # a leading NAME=value of a shell command
 
 
 def readme_commands(after: str) -> list[tuple[dict[str, str], list[str]]]:
@@ -19,8 +21,7 @@ def readme_commands(after: str) -> list[tuple[dict[str, str], list[str]]]:
         words = shlex.split(line, comments=True)
         if not words or words[0] == "source":
             continue
-        assignments = len(words) - len(list(itertools.dropwhile(lambda w: "=" in w and w.split("=")[0].isupper(),
-                                                                 words)))
+        assignments = len(words) - len(list(itertools.dropwhile(ASSIGNMENT.match, words)))
         commands.append((dict(w.split("=", 1) for w in words[:assignments]), words[assignments:]))
     return commands
 

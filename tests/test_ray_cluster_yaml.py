@@ -1,42 +1,82 @@
-"""ray_cluster.yaml is a valid Ray launcher file with GPU workers and no publicly bound dashboard."""
+"""The two cluster files are valid Ray launcher files that keep the security defaults.
+
+``ray_cluster.yaml`` (the lab's own machines, Ray's ``local`` provider) and ``ray_cluster_aws.yaml`` (AWS, GPU
+workers added by the autoscaler) are checked against Ray's own schema and config preparation; that they
+start is shown by ``tests/test_ray_up.py`` (``ray up`` on this machine with Ray's fake multi-node provider).
+"""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import jsonschema
 import pytest
 import ray
 import yaml
+from ray.autoscaler._private.util import prepare_config, validate_config
 
-CLUSTER_FILE = Path(__file__).resolve().parents[1] / "ray_cluster.yaml"
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    return yaml.safe_load(CLUSTER_FILE.read_text())
+REPO = Path(__file__).resolve().parents[1]
+ON_PREMISES, AWS = REPO / "ray_cluster.yaml", REPO / "ray_cluster_aws.yaml"
 
 
-def test_it_satisfies_ray_launchers_own_schema(cluster):
+def load(path: Path) -> dict:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("path", [ON_PREMISES, AWS], ids=lambda p: p.name)
+def test_it_satisfies_ray_launchers_own_schema_and_config_checks(path):
+    cluster = load(path)
     schema = json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text())
     jsonschema.validate(cluster, schema)
-    assert cluster["head_node_type"] in cluster["available_node_types"]
+    if cluster["provider"]["type"] != "aws":  # AWS's preparation asks AWS for the account's defaults
+        validate_config(prepare_config(cluster))
 
 
-def test_gpu_workers_are_declared(cluster):
-    gpu_types = [t for t in cluster["available_node_types"].values() if t["resources"].get("GPU", 0) >= 1]
-    assert gpu_types and all(t["max_workers"] >= 2 for t in gpu_types)  # a trial needs 2 GPU workers
-
-
-def test_the_head_binds_the_dashboard_to_loopback_only(cluster):
+@pytest.mark.parametrize("path", [ON_PREMISES, AWS], ids=lambda p: p.name)
+def test_the_head_binds_the_dashboard_to_loopback_only_and_every_node_uses_the_token(path):
+    cluster, text = load(path), path.read_text(encoding="utf-8")
     head = " ".join(cluster["head_start_ray_commands"])
     assert "--head" in head and "--dashboard-host=127.0.0.1" in head
-    assert "0.0.0.0" not in CLUSTER_FILE.read_text()
+    assert "0.0.0.0" not in text
+    starts = [c for c in cluster["head_start_ray_commands"] + cluster["worker_start_ray_commands"] if "ray start" in c]
+    assert len(starts) == 2 and all("RAY_AUTH_MODE=token" in c for c in starts)
+    assert cluster["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    assert "ray get-auth-token --generate" in text  # the header says where the token comes from
 
 
-def test_every_node_installs_this_project_and_joins_with_token_auth(cluster):
+@pytest.mark.parametrize("path", [ON_PREMISES, AWS], ids=lambda p: p.name)
+def test_every_node_installs_this_project_without_the_local_environment_or_data(path):
+    cluster = load(path)
     assert any("make venv" in c for c in cluster["setup_commands"])
-    starts = cluster["head_start_ray_commands"] + cluster["worker_start_ray_commands"]
-    assert all("RAY_AUTH_MODE=token" in c for c in starts if "ray start" in c)
-    assert ".venv" in cluster["rsync_exclude"]
+    assert {".venv", "data", "sweeps_out", ".git"} <= set(cluster["rsync_exclude"])
+
+
+@pytest.mark.parametrize("path", [ON_PREMISES, AWS], ids=lambda p: p.name)
+def test_the_header_is_the_sequence_that_starts_submits_and_stops(path):
+    header = "\n".join(line[1:].strip() for line in path.read_text(encoding="utf-8").splitlines()
+                       if line.startswith("#"))
+    for command in (f"ray up {path.name}", f"ray dashboard {path.name}", "RAY_AUTH_MODE=token ray job submit",
+                    "python sweeps/stage2.py --config sweeps/configs/stage2.yaml", f"ray down {path.name}"):
+        assert command in header, command
+
+
+def test_on_premises_the_head_runs_no_trial_and_every_worker_machine_is_started():
+    cluster = load(ON_PREMISES)
+    assert cluster["provider"]["type"] == "local"
+    head = " ".join(cluster["head_start_ray_commands"])
+    assert "--num-cpus=0" in head and "--num-gpus=0" in head  # the local provider sends no resources of its own
+    assert cluster["max_workers"] == len(cluster["provider"]["worker_ips"])
+
+
+def test_on_aws_the_gpu_workers_boot_a_driver_image_with_a_role_and_no_credentials():
+    cluster, text = load(AWS), AWS.read_text(encoding="utf-8")
+    types = cluster["available_node_types"]
+    assert types[cluster["head_node_type"]]["resources"] == {"CPU": 0}  # trials never land on the head
+    gpu_types = [t for t in types.values() if t["resources"].get("GPU", 0) >= 1]
+    assert gpu_types and all(t["max_workers"] >= 2 for t in gpu_types)
+    assert all("IamInstanceProfile" in t["node_config"] for t in gpu_types)  # Ray gives its role to the head only
+    assert len({t["node_config"]["ImageId"] for t in types.values()}) == 1  # one image, with the NVIDIA driver
+    assert "base-oss-nvidia-driver-gpu" in text
+    assert not re.search(r"AKIA[0-9A-Z]{16}|aws_secret_access_key|aws_access_key_id", text, re.IGNORECASE)
