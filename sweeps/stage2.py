@@ -43,6 +43,7 @@ from sweeps.config import (  # noqa: E402
 )
 from sweeps.optuna_search import ResumableOptunaSearch  # noqa: E402
 from sweeps.results import ParetoRow, SweepResults, journal_storage, load_sweep  # noqa: E402
+from sweeps.storage_check import check_cluster_storage  # noqa: E402
 
 TrainLoop = Callable[[dict], None]
 
@@ -347,6 +348,7 @@ def run_sweep(cfg: SweepConfig, spec: SearchSpec, *, resume: bool = False,
                                       failure_config=tune.FailureConfig(max_failures=cfg.failure.max_failures),
                                       verbose=verbose),
         )
+    check_cluster_storage(cfg.experiment_dir, say=lambda text: print(text, flush=True))
     with ray_compat.quiet_tune_output() if quiet else contextlib.nullcontext():
         results = tuner.fit()
     sweep = load_sweep(cfg.experiment_dir, journal=cfg.optuna_journal, study_name=cfg.study_name)

@@ -8,7 +8,10 @@ start is shown by ``tests/test_ray_up.py`` (``ray up`` on this machine with Ray'
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -80,3 +83,19 @@ def test_on_aws_the_gpu_workers_boot_a_driver_image_with_a_role_and_no_credentia
     assert len({t["node_config"]["ImageId"] for t in types.values()}) == 1  # one image, with the NVIDIA driver
     assert "base-oss-nvidia-driver-gpu" in text
     assert not re.search(r"AKIA[0-9A-Z]{16}|aws_secret_access_key|aws_access_key_id", text, re.IGNORECASE)
+
+
+def test_ray_up_refuses_an_on_premises_file_without_its_machines_before_contacting_any(tmp_path):
+    """An incomplete provider section: Ray's launcher names what is missing and stops (Ray's exit 1; this
+    project does not wrap ``ray up``)."""
+    cluster = load(ON_PREMISES)
+    del cluster["provider"]["worker_ips"]
+    bad = tmp_path / "ray_cluster.yaml"
+    bad.write_text(yaml.safe_dump(cluster))
+    ray_cli = Path(sys.executable).with_name("ray")
+    env = {**os.environ, "HOME": str(tmp_path)}
+    done = subprocess.run([str(ray_cli), "up", "-y", "--no-config-cache", str(bad)], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode != 0
+    assert "Please supply a `head_ip` and list of `worker_ips`" in done.stdout + done.stderr
+    assert "ssh" not in (done.stdout + done.stderr).lower()

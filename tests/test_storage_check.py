@@ -1,0 +1,43 @@
+"""Before any trial starts, every node that is up reads and writes the sweep's storage (issue 20)."""
+
+from __future__ import annotations
+
+import pytest
+
+from sweeps.storage_check import PROBE_PREFIX, answer_probe, storage_problems
+
+
+def test_a_node_that_finds_the_drivers_token_writes_its_answer_beside_it(tmp_path):
+    (tmp_path / ".storage-check-t").write_bytes(b"token")
+    assert answer_probe(str(tmp_path), ".storage-check-t", "node1") is None
+    assert (tmp_path / ".storage-check-t.node1").read_bytes() == b"token"
+
+
+def test_a_node_without_the_shared_folder_says_what_it_could_not_read(tmp_path):
+    problem = answer_probe(str(tmp_path / "not-mounted-here"), ".storage-check-t", "node1")
+    assert problem and "FileNotFoundError" in problem and "not-mounted-here" in problem
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_two_nodes_that_share_the_folder_pass_and_leave_nothing_behind(tmp_path):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster.add_node(num_cpus=1)
+    try:
+        ray.init(address=cluster.address, log_to_driver=False)
+        nodes = [n for n in ray.nodes() if n["Alive"]]
+        assert len(nodes) == 2
+        experiment = tmp_path / "sweeps" / "stage2-cass"
+        assert storage_problems(str(experiment), nodes) == []
+        assert not experiment.exists()  # created for the check, empty, removed
+        experiment.mkdir(parents=True)
+        (experiment / "trial_a").mkdir()
+        assert storage_problems(str(experiment), nodes) == []
+        assert [p.name for p in experiment.iterdir()] == ["trial_a"]  # only the check's own files went
+        assert not any(p.name.startswith(PROBE_PREFIX) for p in experiment.iterdir())
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
