@@ -5,7 +5,9 @@ training loop on the tiny preset (a stand-in cannot be selected from the command
 in production code): 4 trials of 1 worker x 4 steps on a synthetic 8/4-image dataset at 224 px, one at a
 time. Once the Optuna journal shows a finished trial and the next one running, the test SIGKILLs the
 driver's process group and every process the driver had started (its local Ray), then runs
-``--resume`` and checks Tune's results against the Optuna study:
+``--resume`` as another machine that mounts the same storage would (another home folder, another temporary
+folder for Ray's session: nothing but ``storage_path`` carries over) and checks Tune's results against the
+Optuna study:
 
 - the sweep ends with ``num_samples`` trials, none errored;
 - each trial finished before the kill is in Tune's results once and in the study once, with the same
@@ -19,9 +21,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -62,9 +66,10 @@ def write_config(tmp_path: Path) -> Path:
     return path
 
 
-def driver_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray of its own
-    env.update(TORCHDYNAMO_DISABLE="1", PYTHONUNBUFFERED="1", WANDB_MODE="disabled")
+def driver_env(**machine: str) -> dict[str, str]:
+    """The driver's environment: a local Ray of its own; ``machine``: HOME, TMPDIR of another machine."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(TORCHDYNAMO_DISABLE="1", PYTHONUNBUFFERED="1", WANDB_MODE="disabled", **machine)
     return env
 
 
@@ -140,9 +145,15 @@ def test_a_killed_sweep_resumes_keeping_every_finished_trial_once(tmp_path):
     print(f"killed after {time.monotonic() - start:.0f} s with "
           f"{[(t.number, t.state.name, t.user_attrs.get(RAY_TRIAL_ID_ATTR)) for t in trials.values()]}")
 
-    # 2. Resume to the end.
-    resumed = subprocess.run([*command, "--resume"], cwd=REPO, env=driver_env(), capture_output=True,
-                             text=True, timeout=600)
+    # 2. Resume to the end, as another machine: its own home and temporary folders (Ray's sessions live in
+    # TMPDIR/ray: a short path, for Ray's socket names).
+    (tmp_path / "machine2").mkdir()
+    machine2_tmp = tempfile.mkdtemp(prefix="m2-", dir="/tmp" if os.name == "posix" else None)
+    try:
+        resumed = subprocess.run([*command, "--resume"], cwd=REPO, capture_output=True, text=True, timeout=600,
+                                 env=driver_env(HOME=str(tmp_path / "machine2"), TMPDIR=machine2_tmp))
+    finally:
+        shutil.rmtree(machine2_tmp, ignore_errors=True)
     (tmp_path / "resume.log").write_text(resumed.stdout + resumed.stderr)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-5000:]
     print(f"sweep with kill + resume took {time.monotonic() - start:.0f} s")
