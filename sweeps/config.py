@@ -6,7 +6,7 @@ Schema (every section but ``name``, ``storage_path``, ``search_space`` and ``tri
     storage_path: /data/sweeps        # local path or a pyarrow URI (s3://bucket/prefix, gs://...)
     search_space: search_spaces/stage2.yaml
     num_samples: 48
-    max_concurrent_trials: null       # null: cluster GPUs (or CPUs) / what one trial needs
+    max_concurrent_trials: null       # null: GPUs (or CPUs) the cluster can grow to / what one trial needs
     trial: {preset: full, resolution: 672, max_steps: 2000, num_workers: 2, use_gpu: true, ...}
     dataset:                          # optional: fills trial.train_json / val_json / images_dir
       dir: data/cass                  # <dir>/images, <dir>/annotations/{train,val}.json

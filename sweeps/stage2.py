@@ -184,7 +184,7 @@ def describe_plan(cfg: SweepConfig, spec: SearchSpec, *, resume: bool, logs: Pat
     t = cfg.trial
     per_worker = f"{'1 GPU' if t.use_gpu else f'{t.cpu_threads_per_worker} CPU'}"
     concurrency = (f"at most {cfg.max_concurrent_trials} at once" if cfg.max_concurrent_trials
-                   else "concurrency = cluster GPUs (or CPUs) / what one trial needs")
+                   else "concurrency = the GPUs (or CPUs) the cluster can grow to / what one trial needs")
     data = (f"{cfg.dataset.dir} (generated if absent)" if cfg.dataset and cfg.dataset.synthetic
             else t.train_json or "(none)")
     startup = (f" (random draws until {cfg.searcher.startup_trials} trials have finished)"

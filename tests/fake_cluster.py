@@ -90,7 +90,9 @@ class ThisMachine(LocalNodeProvider):
 
 
 class FakeNodes(FakeMultiNodeProvider):
-    """Ray's fake multi-node provider, each worker node with a runtime-env folder of its own.
+    """Ray's fake multi-node provider, each worker node with a runtime-env folder of its own, and with
+    ``node_config["resources"]`` where its node type declares none (as Ray's on-premises provider: the machine
+    says what it has when it joins).
 
     Fake nodes share the head's session folder. With one ``runtime_resources`` folder for all, each node that
     sets up a job's ``--working-dir`` deletes and unpacks it again (Ray's working-dir plugin overwrites), pulling
@@ -105,6 +107,7 @@ class FakeNodes(FakeMultiNodeProvider):
 
         ray._private.parameter.RayParams = own_folder
         try:
-            super()._create_node_with_resources_and_labels(node_config, tags, count, resources, labels)
+            super()._create_node_with_resources_and_labels(node_config, tags, count,
+                                                           resources or node_config.get("resources", {}), labels)
         finally:
             ray._private.parameter.RayParams = ray_params

@@ -65,7 +65,8 @@ def test_without_an_autoscaler_the_cluster_is_what_is_up(monkeypatch):
     monkeypatch.setattr(cluster_size, "autoscaling_config_path", lambda gcs: None)
     monkeypatch.setattr(cluster_size, "alive_resources", lambda: ({"CPU": 32, "GPU": 2}, 1))
     concurrency = sweep_concurrency(load_sweep_config(STAGE2), None)
-    assert concurrency == cluster_size.Concurrency(2, "2 GPUs in the cluster (no autoscaler) / 1 per trial")
+    assert concurrency == cluster_size.Concurrency(
+        2, "2 GPUs in the cluster (no autoscaler config on this machine) / 1 per trial")
 
 
 def test_on_premises_the_driver_waits_for_the_worker_machines_then_counts_their_gpus(tmp_path, monkeypatch):
@@ -93,17 +94,50 @@ def test_waiting_for_workers_ends_at_its_timeout_with_what_has_joined(monkeypatc
     assert time.monotonic() - start < 5
 
 
-def test_the_config_is_the_one_this_clusters_monitor_runs_with():
-    """A process whose arguments look like Ray's monitor's (``.../monitor.py --gcs-address=...``)."""
-    argv = [sys.executable, "-c", "import time; time.sleep(60)", "/x/autoscaler/_private/monitor.py"]
-    ours = subprocess.Popen([*argv, "--gcs-address=10.9.8.7:6379", "--autoscaling-config=/cluster/bootstrap.yaml"])
-    other = subprocess.Popen([*argv, "--gcs-address=10.9.8.7:6380"])  # another cluster's, without autoscaler
+def test_the_config_is_the_one_this_clusters_autoscaler_monitor_runs_with():
+    """Processes whose arguments look like Ray's: the log monitor (same GCS address, no config) started first."""
+    sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+    started = [subprocess.Popen([*sleep, "/x/ray/_private/log_monitor.py", "--gcs-address=10.9.8.7:6379"]),
+               subprocess.Popen([*sleep, "/x/ray/autoscaler/_private/monitor.py", "--gcs-address=10.9.8.7:6379",
+                                 "--autoscaling-config=/cluster/bootstrap.yaml"]),
+               subprocess.Popen([*sleep, "/x/ray/autoscaler/_private/monitor.py", "--gcs-address=10.9.8.7:6380"])]
     try:
         deadline = time.monotonic() + 10
         while autoscaling_config_path("10.9.8.7:6379") is None and time.monotonic() < deadline:
             time.sleep(0.1)
         assert autoscaling_config_path("10.9.8.7:6379") == Path("/cluster/bootstrap.yaml")
-        assert autoscaling_config_path("10.9.8.7:6380") is None  # its monitor has no config: no autoscaler
+        assert autoscaling_config_path("10.9.8.7:6380") is None  # that cluster's monitor has no config
+        assert autoscaling_config_path("10.9.8.7:6381") is None  # no monitor of that cluster on this machine
+        assert autoscaling_config_path(None) is None
     finally:
-        ours.kill()
-        other.kill()
+        for proc in started:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+def test_a_head_type_that_also_runs_workers_counts_them():
+    cluster = {"head_node_type": "node", "max_workers": 4, "available_node_types": {
+        "node": {"resources": {"CPU": 8, "GPU": 1}, "max_workers": 3}}}
+    resources, types = maximum_resources(cluster, head={"CPU": 8, "GPU": 1})
+    assert resources == {"CPU": 32, "GPU": 4} and types == "1 x head (8 CPU, 1 GPU) + 3 x node (8 CPU, 1 GPU)"
+
+
+def test_worker_types_that_declare_no_resources_and_start_on_demand_are_not_waited_for(tmp_path, monkeypatch):
+    config = tmp_path / "bootstrap.yaml"
+    config.write_text(yaml.safe_dump({"head_node_type": "head", "max_workers": 4, "available_node_types": {
+        "head": {"resources": {}, "max_workers": 0}, "gpu": {"resources": {}, "min_workers": 0, "max_workers": 4}}}))
+    monkeypatch.setattr(cluster_size, "autoscaling_config_path", lambda gcs: config)
+    monkeypatch.setattr(cluster_size, "head_resources", lambda: {"CPU": 0})
+    monkeypatch.setattr(cluster_size, "alive_resources", lambda: ({"CPU": 8, "GPU": 1}, 2))
+    monkeypatch.setattr(cluster_size, "wait_for_workers", lambda *a, **k: pytest.fail("waited for no machine"))
+    concurrency = sweep_concurrency(load_sweep_config(STAGE2), "10.0.0.1:6379")
+    assert concurrency.trials == 1 and "start on demand: set max_concurrent_trials" in concurrency.source
+
+
+def test_an_unreadable_autoscaler_config_sizes_by_what_is_up_and_says_why(tmp_path, monkeypatch):
+    config = tmp_path / "bootstrap.yaml"
+    config.write_text("available_node_types: [unclosed")
+    monkeypatch.setattr(cluster_size, "autoscaling_config_path", lambda gcs: config)
+    monkeypatch.setattr(cluster_size, "alive_resources", lambda: ({"CPU": 8, "GPU": 2}, 2))
+    concurrency = sweep_concurrency(load_sweep_config(STAGE2), "10.0.0.1:6379")
+    assert concurrency.trials == 2 and f"the autoscaler config {config} unreadable" in concurrency.source

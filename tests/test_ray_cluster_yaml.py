@@ -44,24 +44,29 @@ def test_the_head_binds_the_dashboard_to_loopback_only_and_every_node_uses_the_t
     assert "--head" in head and "--dashboard-host=127.0.0.1" in head
     assert "0.0.0.0" not in text
     starts = [c for c in cluster["head_start_ray_commands"] + cluster["worker_start_ray_commands"] if "ray start" in c]
-    assert len(starts) == 2 and all("RAY_AUTH_MODE=token" in c for c in starts)
-    assert cluster["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
-    assert "ray get-auth-token --generate" in text  # the header says where the token comes from
+    # Your token, copied beside (never over) a token the cluster account may have, and named at every start.
+    (token,) = [remote for remote, local in cluster["file_mounts"].items() if local == "~/.ray/auth_token"]
+    assert token != "~/.ray/auth_token" and any(f"chmod 600 {token}" in c for c in cluster["setup_commands"])
+    assert len(starts) == 2 and all(f"RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={token}" in c for c in starts)
+    assert "ray get-auth-token --generate && chmod 600 ~/.ray/auth_token" in text  # where the token comes from
 
 
 @pytest.mark.parametrize("path", [ON_PREMISES, AWS], ids=lambda p: p.name)
 def test_every_node_installs_this_project_without_the_local_environment_or_data(path):
     cluster = load(path)
     assert any("make venv" in c for c in cluster["setup_commands"])
-    assert {".venv", "data", "sweeps_out", ".git"} <= set(cluster["rsync_exclude"])
+    assert cluster["rsync_exclude"] == [".git"] and cluster["rsync_filter"] == [".gitignore"]
+    ignored = (REPO / ".gitignore").read_text().split()
+    assert {".venv/", "/data/", "/sweeps_out/", "/demo_out/", "/bench_out/"} <= set(ignored)
 
 
 @pytest.mark.parametrize("path", [ON_PREMISES, AWS], ids=lambda p: p.name)
 def test_the_header_is_the_sequence_that_starts_submits_and_stops(path):
     header = "\n".join(line[1:].strip() for line in path.read_text(encoding="utf-8").splitlines()
                        if line.startswith("#"))
-    for command in (f"ray up {path.name}", f"ray dashboard {path.name}", "RAY_AUTH_MODE=token ray job submit",
-                    "python sweeps/stage2.py --config sweeps/configs/stage2.yaml", f"ray down {path.name}"):
+    for command in (f"RAY_UP_enable_autoscaler_v2=0 ray up -y {path.name}", f"ray dashboard {path.name}",
+                    "RAY_AUTH_MODE=token ray job submit", "python sweeps/stage2.py --config sweeps/configs/stage2.yaml",
+                    f"ray down -y {path.name}"):
         assert command in header, command
 
 
@@ -79,7 +84,9 @@ def test_on_aws_the_gpu_workers_boot_a_driver_image_with_a_role_and_no_credentia
     assert types[cluster["head_node_type"]]["resources"] == {"CPU": 0}  # trials never land on the head
     gpu_types = [t for t in types.values() if t["resources"].get("GPU", 0) >= 1]
     assert gpu_types and all(t["max_workers"] >= 2 for t in gpu_types)
-    assert all("IamInstanceProfile" in t["node_config"] for t in gpu_types)  # Ray gives its role to the head only
+    # Ray's default role goes to the head only, and cannot pass another: both get theirs from the file
+    assert all("IamInstanceProfile" in t["node_config"] for t in types.values())
+    assert "iam:PassRole" in text
     assert len({t["node_config"]["ImageId"] for t in types.values()}) == 1  # one image, with the NVIDIA driver
     assert "base-oss-nvidia-driver-gpu" in text
     assert not re.search(r"AKIA[0-9A-Z]{16}|aws_secret_access_key|aws_access_key_id", text, re.IGNORECASE)

@@ -22,6 +22,7 @@ Ray on the machine.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -222,6 +223,7 @@ def test_the_sweep_runs_as_a_ray_job_on_a_running_head(tmp_path):
         other_machine = cli_env(tmp_path / "other-home")
         without = run_readme(({}, status_cmd), other_machine, here, timeout=60)  # no token to send
         assert without.returncode != 0, "the head answered a CLI that sent no token"
+        assert re.search("401|unauthori[sz]ed|token", without.stdout + without.stderr, re.IGNORECASE), without.stderr
         with_token = run_readme(({**status_env, "RAY_AUTH_TOKEN": token}, status_cmd), other_machine, here,
                                 timeout=60)
         assert with_token.returncode == 0, with_token.stdout + with_token.stderr

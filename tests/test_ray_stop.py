@@ -69,7 +69,9 @@ def test_a_training_trial_shows_progress_and_ray_stop_force_ends_what_its_killed
                     "`ray stop --force` would stop them too")
     (_, stop), = [command for command in readme_commands("From another machine") if command[1][:2] == ["ray", "stop"]]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(TORCHDYNAMO_DISABLE="1", WANDB_MODE="disabled")
+    (tmp_path / "home").mkdir()  # the local Ray writes its token into ~/.ray: this test's home, not the user's
+    env.update(TORCHDYNAMO_DISABLE="1", WANDB_MODE="disabled", HOME=str(tmp_path / "home"),
+               USERPROFILE=str(tmp_path / "home"))
     driver = subprocess.Popen([sys.executable, "sweeps/stage2.py", "--config", str(write_config(tmp_path))],
                               cwd=REPO, env=env, stdout=(tmp_path / "driver.log").open("w"),
                               stderr=subprocess.STDOUT)
@@ -87,11 +89,11 @@ def test_a_training_trial_shows_progress_and_ray_stop_force_ends_what_its_killed
         left = ray_processes()
         assert left, "no Ray process outlived the killed driver: the README's warning is out of date"
         print(f"left after the crash: {sorted(p.name() for p in left)}")
-    finally:
+    finally:  # the README's cleanup, whatever happened (no other Ray runs here: checked above)
         if driver.poll() is None:
             driver.kill()
-    cleanup = subprocess.run([str(Path(sys.executable).with_name(stop[0])), *stop[1:]], env=env,
-                             capture_output=True, text=True, timeout=120)
+        cleanup = subprocess.run([str(Path(sys.executable).with_name(stop[0])), *stop[1:]], env=env,
+                                 capture_output=True, text=True, timeout=120)
     assert cleanup.returncode == 0, cleanup.stdout + cleanup.stderr
     _, alive = psutil.wait_procs(left, timeout=30)
     assert not alive and not ray_processes(), f"Ray processes still alive after `ray stop --force`: {alive}"

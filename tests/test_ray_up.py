@@ -7,15 +7,17 @@ The README's "A Ray cluster" commands run as written, on this one machine, in a 
 file is ``ray_cluster.yaml`` with what this machine cannot be replaced:
 
 - its machines: the provider is ``tests/fake_cluster.py``'s launcher for Ray's fake multi-node provider (the
-  head is this machine; worker nodes are local raylets the head's autoscaler starts as trials need them, with
-  the resources their node type declares: 1 CPU each, as many as the file's ``max_workers``);
+  head is this machine; worker nodes are local raylets the head's autoscaler starts, 1 CPU each, as many as
+  the file's ``max_workers``), in two shapes: on-premises (the node type declares no resources and every
+  machine starts at once: the driver waits for them to join) and autoscaling (declared resources, machines
+  started on demand: the driver sizes by the autoscaler's maximum before any worker is up);
 - the head's start command exports ``RAY_FAKE_CLUSTER=1`` and gets this test's ports; its ``ray stop`` runs as written;
 - the project mount, setup commands and SSH key are left out (this checkout and its venv are the nodes').
 
-Checked: the job succeeds; the driver derived its concurrency from the autoscaler's maximum (the head has no
-CPU for trials and no worker node is up when it starts); the trials' Train workers ran on more than one worker
-node and never on the head; the export and report come out of the shared storage; ``ray down`` leaves no Ray
-process. Not proven here: SSH, ``rsync`` and the setup commands on real machines, the NVIDIA driver and GPUs,
+Checked: the job succeeds; the driver derived its concurrency from the joined machines or the autoscaler's
+maximum (the head has no CPU for trials); the trials' Train workers ran on more than one worker node and never
+on the head; the CLI without the token is refused; the export and report come out of the shared storage;
+``ray down`` leaves no Ray process (here every node is this machine: the head's ``ray stop`` ends them all). Not proven here: SSH, ``rsync`` and the setup commands on real machines, the NVIDIA driver and GPUs,
 cloud APIs and instance roles (``ray_cluster_aws.yaml`` is checked only as a file), and a storage folder
 shared over a network (here every node is this machine).
 
@@ -27,9 +29,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -50,7 +54,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def fake_cluster_file(tmp_path: Path, gcs_port: int, dashboard_port: int) -> Path:
+WORKER = {"CPU": 1, "object_store_memory": 200 * 2**20}  # what each fake worker machine has
+
+
+def worker_types(shape: str, machines: int) -> dict:
+    """The worker node type: as on-premises (no declared resources, every machine started at once: the driver
+    waits for them to join) or as a cloud autoscaler's (declared resources, started on demand: the driver sizes
+    by the maximum)."""
+    if shape == "on-premises":
+        return {"local.cluster.node": {"resources": {}, "node_config": {"resources": WORKER},
+                                       "min_workers": machines, "max_workers": machines}}
+    return {"worker": {"resources": WORKER, "node_config": {}, "min_workers": 0, "max_workers": machines}}
+
+
+def fake_cluster_file(tmp_path: Path, gcs_port: int, dashboard_port: int, shape: str) -> Path:
     """``ray_cluster.yaml`` on this machine (see the module docstring for what is replaced)."""
     from ray.util import get_node_ip_address
 
@@ -68,11 +85,10 @@ def fake_cluster_file(tmp_path: Path, gcs_port: int, dashboard_port: int) -> Pat
             # the head's resources are its start command's (--num-cpus=0 --num-gpus=0), as on-premises: declared
             # ones would reach the head's autoscaler as RAY_OVERRIDE_RESOURCES, and the fake worker nodes it hosts
             "ray.head.default": {"resources": {}, "node_config": {}, "max_workers": 0},
-            "worker": {"resources": {"CPU": 1, "object_store_memory": 200 * 2**20}, "node_config": {},
-                       "min_workers": 0, "max_workers": shipped["max_workers"]}},
+            **worker_types(shape, shipped["max_workers"])},
         "head_node_type": "ray.head.default",
-        "file_mounts": {"~/.ray/auth_token": shipped["file_mounts"]["~/.ray/auth_token"]},
-        "setup_commands": [],
+        "file_mounts": {remote: local for remote, local in shipped["file_mounts"].items() if "token" in remote},
+        "setup_commands": [c for c in shipped["setup_commands"] if c.startswith("chmod")],
         "head_start_ray_commands": head_start,
         "cluster_synced_files": [], "file_mounts_sync_continuously": False, "rsync_filter": [],
         "initialization_commands": [], "head_setup_commands": [], "worker_setup_commands": [],
@@ -131,14 +147,22 @@ def worker_nodes_of_trials(env: dict[str, str], address: str, log: Path) -> list
     return [actor["node_id"] for actor in json.loads(listed.stdout)]
 
 
+SIZED = {"on-premises": "concurrency: 2 trial(s) at once (2 CPUs once all of the 2 worker machines had joined",
+         "autoscaling": "concurrency: 2 trial(s) at once (2 CPUs at the autoscaler's maximum"}
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_ray_up_of_the_on_premises_file_runs_the_sweep_on_worker_nodes_the_autoscaler_adds(tmp_path):
+@pytest.mark.parametrize("shape", ["on-premises", "autoscaling"])
+def test_ray_up_of_the_on_premises_file_runs_the_sweep_on_its_worker_nodes(tmp_path, shape):
     if others := ray_processes():
         pytest.skip(f"{len(others)} other Ray process(es) run on this machine: the cluster's `ray stop` "
                     "would stop them")
+    from ray.autoscaler._private.local.config import get_lock_path, get_state_path
+
     gcs_port, dashboard_port = free_port(), free_port()
-    cluster_file = fake_cluster_file(tmp_path, gcs_port, dashboard_port)
+    cluster_file = fake_cluster_file(tmp_path, gcs_port, dashboard_port, shape)
+    cluster_name = yaml.safe_load(cluster_file.read_text())["cluster_name"]
     cfg_file = sweep_config(tmp_path)
     log = tmp_path / "cluster.log"
     (tmp_path / "home").mkdir()
@@ -147,15 +171,17 @@ def test_ray_up_of_the_on_premises_file_runs_the_sweep_on_worker_nodes_the_autos
                PYTHONPATH=str(REPO / "tests"), TORCHDYNAMO_DISABLE="1", WANDB_MODE="disabled")
     here = {"ray_cluster.yaml": str(cluster_file), "sweeps/configs/stage2.yaml": str(cfg_file),
             "8265": str(dashboard_port), "EXPERIMENT_DIR": str(tmp_path / "shared" / "sweeps" / "cluster-test"),
-            "EXPORT_DIR": str(tmp_path / "shared" / "best"), "REPORT_DIR": str(tmp_path / "shared" / "report")}
+            "EXPORT_DIR": str(tmp_path / "shared" / "best"), "REPORT_DIR": str(tmp_path / "shared" / "report"),
+            "~": str(tmp_path / "home")}
     commands = [(assignments, substituted(argv, here)) for assignments, argv in readme_commands("A Ray cluster")]
     names = [" ".join(argv[:2]) for _, argv in commands]
-    assert names == ["ray get-auth-token", "ray up", "ray dashboard", "ray job", "python -m", "python -m",
-                     "ray down"], names
-    (generate, up, dashboard, submit, export, report, down) = commands
+    assert names == ["ray get-auth-token", "chmod 600", "ray up", "ray dashboard", "ray job", "python -m",
+                     "python -m", "ray down"], names
+    (generate, chmod, up, dashboard, submit, export, report, down) = commands
+    config_caches = set(Path(tempfile.gettempdir()).glob("ray-config-*"))
     start = time.monotonic()
     try:
-        for step, timeout in ((generate, 60), (up, 300), (dashboard, 60)):
+        for step, timeout in ((generate, 60), (chmod, 60), (up, 300), (dashboard, 60)):
             done = run(step[1], {**env, **step[0]}, log, timeout)
             assert done.returncode == 0, log.read_text()[-5000:]
         print(f"ray up: {time.monotonic() - start:.0f} s")
@@ -164,12 +190,17 @@ def test_ray_up_of_the_on_premises_file_runs_the_sweep_on_worker_nodes_the_autos
         console = job.stdout + job.stderr
         assert job.returncode == 0, log.read_text()[-8000:]
         print(f"job: {time.monotonic() - start:.0f} s")
-        # Sized by what the cluster can grow to: the head has no CPU for trials, no worker was up at the start.
-        assert "concurrency: 2 trial(s) at once (2 CPUs at the autoscaler's maximum" in console, console[-4000:]
-        nodes = worker_nodes_of_trials({**env, **submit[0]}, f"http://127.0.0.1:{dashboard_port}", log)
+        # The head has no CPU for trials; sized by the machines once joined, or by what the cluster can grow to.
+        assert SIZED[shape] in console, console[-4000:]
+        address = f"http://127.0.0.1:{dashboard_port}"
+        nodes = worker_nodes_of_trials({**env, **submit[0]}, address, log)
         print(f"Train workers per node: { {n[-5:]: nodes.count(n) for n in set(nodes)} }")
         assert len(nodes) >= 4 and FAKE_HEAD_NODE_ID not in nodes
         assert len(set(nodes)) >= 2, "every trial ran on one worker node"
+        # Without the token, the cluster answers nothing.
+        refused = run(["ray", "job", "list", "--address", address], env, log, timeout=60)
+        assert refused.returncode != 0 and re.search("401|unauthori[sz]ed|token", refused.stdout + refused.stderr,
+                                                     re.IGNORECASE), refused.stderr[-2000:]
 
         # The export and the report, from the shared storage (any machine that mounts it).
         for step in (export, report):
@@ -179,8 +210,10 @@ def test_ray_up_of_the_on_premises_file_runs_the_sweep_on_worker_nodes_the_autos
         assert (tmp_path / "shared" / "report" / "index.html").is_file()
     finally:
         stopped = run(down[1], {**env, **down[0]}, log, timeout=300)
-        for leftover in Path("/tmp/ray").glob(f"cluster-{yaml.safe_load(cluster_file.read_text())['cluster_name']}*"):
-            leftover.unlink()  # the local provider's state file and its lock: this test's own
+        # this test's own files outside tmp_path: the launcher's state file and lock, ray up's config cache
+        for leftover in (Path(get_state_path(cluster_name)), Path(get_lock_path(cluster_name)),
+                         *(set(Path(tempfile.gettempdir()).glob("ray-config-*")) - config_caches)):
+            leftover.unlink(missing_ok=True)
     assert stopped.returncode == 0, log.read_text()[-5000:]
     deadline = time.monotonic() + 60
     while ray_processes() and time.monotonic() < deadline:
