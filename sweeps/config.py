@@ -70,7 +70,7 @@ class SearcherConfig:
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"
     seed: int | None = 0
     startup_trials: int = 10  # tpe: random draws until this many trials have finished (Optuna's n_startup_trials)
-    storage: str | None = None  # an Optuna JournalStorage file; default <experiment dir>/JOURNAL_FILE
+    storage: str | None = None  # a journal file or database URL; default <experiment dir>/JOURNAL_FILE
     study_name: str | None = None  # default: the sweep name (a study resumes by name)
 
 
@@ -152,14 +152,19 @@ class SweepConfig:
         return join(self.storage_path, self.name)
 
     @property
-    def optuna_journal(self) -> str:
-        """The Optuna JournalStorage file (local: the journal needs file locks, not object storage)."""
-        if self.searcher.storage:
-            return self.searcher.storage
-        if is_uri(self.storage_path):
-            raise InputError(f"searcher.storage: set a local/NFS journal path when storage_path is a URI "
-                             f"({self.storage_path})")
-        return default_journal(self.experiment_dir)
+    def study_storage(self) -> str:
+        """Where the Optuna study lives (:mod:`sweeps.study_storage`): ``searcher.storage`` (a journal file on a
+        local or shared folder, or a database URL), else the journal in the experiment folder."""
+        from sweeps.study_storage import is_database_url
+
+        if is_uri(self.storage_path) and not self.searcher.storage:
+            raise InputError(f"searcher.storage: set a journal file on a local or shared folder when storage_path is "
+                             f"a URI ({self.storage_path}): a journal cannot live on object storage")
+        if is_uri(self.storage_path) and is_database_url(self.searcher.storage):
+            raise InputError("searcher.storage: with storage_path on object storage, name a journal file on this "
+                             "machine's disk: its folder also holds the sweep's logs and W&B runs, which a "
+                             "database URL leaves without a local home")
+        return self.searcher.storage or default_journal(self.experiment_dir)
 
     @property
     def study_name(self) -> str:

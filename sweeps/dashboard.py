@@ -1,7 +1,7 @@
 """The sweep's Optuna study in optuna-dashboard, read-only: ``python -m sweeps.dashboard EXPERIMENT_DIR``.
 
 Serves the study's journal (``<experiment dir>/optuna_journal.log``, or ``--journal`` for a sweep whose
-``searcher.storage`` names another file) with optuna-dashboard (an optional extra:
+``searcher.storage`` names another file or a database) with optuna-dashboard (an optional extra:
 ``pip install -e ".[dashboard]"``) on 127.0.0.1, prints the study's URL and serves until Ctrl-C. It can be
 opened while the sweep runs: the page follows the journal.
 
@@ -25,7 +25,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from common.errors import InputError, run_cli
 from common.paths import is_uri
 from sweeps.config import JOURNAL_FILE
-from sweeps.results import journal_storage
+from sweeps.study_storage import is_database_url, open_storage, shown
 
 WSGIApp = Callable[[dict, Callable[..., Any]], Iterable[bytes]]
 READ_METHODS = ("GET", "HEAD")
@@ -44,17 +44,18 @@ def read_only(app: WSGIApp) -> WSGIApp:
     return guarded
 
 
-def study_app(journal: Path) -> tuple[WSGIApp, str, int]:
-    """The read-only dashboard of the study in ``journal``, the study's name and its id (its page's URL)."""
+def study_app(storage_location: str) -> tuple[WSGIApp, str, int]:
+    """The read-only dashboard of the study in a journal file or database, the study's name and its id (its
+    page's URL)."""
     try:
         from optuna_dashboard import wsgi
     except ImportError as err:
         raise InputError('optuna-dashboard is not installed: it is an optional extra, pip install -e ".[dashboard]" '
                          "in this project's environment") from err
-    storage = journal_storage(journal)
+    storage = open_storage(storage_location)
     studies = storage.get_all_studies()
     if not studies:
-        raise InputError(f"{journal}: the journal holds no Optuna study yet (the sweep creates it when it starts)")
+        raise InputError(f"{shown(storage_location)}: no Optuna study there yet (the sweep creates it when it starts)")
     name = studies[0].study_name
     return read_only(wsgi(storage)), name, storage.get_study_id_from_name(name)
 
@@ -85,8 +86,11 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def resolve_journal(experiment_dir: str, journal: str | None) -> Path:
-    """The journal to serve: ``--journal``, else the experiment's own; refuses one that does not exist."""
+def resolve_journal(experiment_dir: str, journal: str | None) -> str:
+    """The study storage to serve: ``--journal`` (a file or database URL), else the experiment's journal;
+    refuses a journal file that does not exist."""
+    if journal and is_database_url(journal):
+        return journal
     if journal is None and is_uri(experiment_dir):
         raise InputError(f"{experiment_dir}: a sweep on object storage keeps its Optuna journal where its "
                          "searcher.storage says; pass that file with --journal")
@@ -94,13 +98,14 @@ def resolve_journal(experiment_dir: str, journal: str | None) -> Path:
     if not path.is_file():
         raise InputError(f"no Optuna journal at {path}: pass the sweep's experiment folder "
                          f"(<storage_path>/<name>, holding {JOURNAL_FILE}) or the journal with --journal")
-    return path
+    return str(path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("experiment_dir", help="the sweep's experiment folder (<storage_path>/<name>)")
-    parser.add_argument("--journal", help=f"the Optuna journal (default <experiment_dir>/{JOURNAL_FILE})")
+    parser.add_argument("--journal", help=f"the Optuna journal or database URL (searcher.storage; default "
+                                          f"<experiment_dir>/{JOURNAL_FILE})")
     parser.add_argument("--host", default="127.0.0.1", help="the interface to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8080, help="the port (default 8080; 0: a free one)")
     parser.add_argument("--allow-remote", action="store_true",

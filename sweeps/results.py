@@ -38,14 +38,13 @@ import numpy as np
 import optuna
 import pandas as pd
 import pyarrow.fs
-from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
 
 from common.errors import InputError
 from common.paths import is_uri, last_part, open_location
 from common.typed_yaml import excerpt
 from sweeps.config import METRIC, SECOND_OBJECTIVE, TIME_ATTR, default_journal
 from sweeps.optuna_search import DRAW_ATTR, RAY_TRIAL_ID_ATTR
+from sweeps.study_storage import is_database_url, open_storage, shown
 
 CHECKPOINT_COLUMN = "checkpoint_path"  # the metric TuneReportCallback adds to a report that saved a checkpoint
 
@@ -203,26 +202,20 @@ class SweepResults:
         return max(scored, key=lambda t: t.best_report()[METRIC], default=None)
 
 
-def journal_storage(journal: str | Path) -> JournalStorage:
-    """The Optuna storage in a journal file (safe for several writers, NFS included); creates its folder."""
-    Path(journal).parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(journal)))
-
-
-def load_study(journal: Path, study_name: str | None, fallback_name: str, notes: list[str]) -> optuna.Study | None:
-    """The study ``study_name`` (default: the journal's only study, else ``fallback_name``) from a journal
-    file, or None with a note saying why."""
-    if not journal.is_file():
-        notes.append(f"no Optuna journal at {journal}: trial states come from Tune, no Pareto front or "
+def load_study(storage: str, study_name: str | None, fallback_name: str, notes: list[str]) -> optuna.Study | None:
+    """The study ``study_name`` (default: the storage's only study, else ``fallback_name``) from a journal file or
+    database (:mod:`sweeps.study_storage`), or None with a note saying why."""
+    if not is_database_url(storage) and not Path(storage).is_file():
+        notes.append(f"no Optuna journal at {storage}: trial states come from Tune, no Pareto front or "
                      "importances")
         return None
-    storage = journal_storage(journal)
-    names = optuna.get_all_study_names(storage)
+    opened = open_storage(storage)
+    names = optuna.get_all_study_names(opened)
     name = study_name or (names[0] if len(names) == 1 else fallback_name)
     if name not in names:
-        notes.append(f"{journal} has no study {name!r} (it has {names})")
+        notes.append(f"{shown(storage)} has no study {name!r} (it has {names})")
         return None
-    return optuna.load_study(study_name=name, storage=storage)
+    return optuna.load_study(study_name=name, storage=opened)
 
 
 def experiment_filesystem(experiment: str) -> tuple[pyarrow.fs.FileSystem, str]:
@@ -269,7 +262,7 @@ def load_sweep(experiment_dir: str | Path, *, journal: str | Path | None = None,
                      "trial states, the Pareto front and importances")
         study = None
     else:
-        study = load_study(Path(journal or default_journal(experiment)), study_name, name, notes)
+        study = load_study(str(journal or default_journal(experiment)), study_name, name, notes)
     states = {t.user_attrs.get(RAY_TRIAL_ID_ATTR): t.state.name for t in study.trials} if study else {}
     draws = {t.user_attrs.get(RAY_TRIAL_ID_ATTR): t.user_attrs.get(DRAW_ATTR) for t in study.trials} if study else {}
     trials = []

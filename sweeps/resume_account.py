@@ -56,7 +56,7 @@ def _ended(trial: TrialRecord, max_steps: int) -> str:
 def describe_resume(cfg: SweepConfig, sweep: SweepResults | None = None) -> str:
     """The account of what ``--resume`` of ``cfg`` found, one line per kind of trial (``sweep``: the sweep
     as read already, else read here)."""
-    sweep = sweep or load_sweep(cfg.experiment_dir, journal=cfg.optuna_journal, study_name=cfg.study_name)
+    sweep = sweep or load_sweep(cfg.experiment_dir, journal=cfg.study_storage, study_name=cfg.study_name)
     tune_status = {t.trial_id: t.tune_status for t in sweep.trials}
     kept, continued, retried = [], [], []
     for trial in sweep.trials:

@@ -42,8 +42,9 @@ from sweeps.config import (  # noqa: E402
     load_sweep_config,
 )
 from sweeps.optuna_search import ResumableOptunaSearch  # noqa: E402
-from sweeps.results import ParetoRow, SweepResults, journal_storage, load_sweep  # noqa: E402
+from sweeps.results import ParetoRow, SweepResults, load_sweep  # noqa: E402
 from sweeps.storage_check import check_cluster_storage  # noqa: E402
+from sweeps.study_storage import open_storage, shown  # noqa: E402
 
 TrainLoop = Callable[[dict], None]
 
@@ -53,7 +54,7 @@ class SweepOutcome:
     """A finished driver run: the sweep as :mod:`sweeps.results` reads it, where its study is, and its errors."""
 
     sweep: SweepResults
-    optuna_journal: str
+    study_storage: str
     study_name: str
     num_trials: int
     errors: dict[str, str]  # trial id -> its error, for trials that failed (not diverged, not stopped)
@@ -81,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec = load_search_spec(cfg.search_space)
     check_inputs(cfg, resume=args.resume, source=args.config)
     quiet = not args.verbose
-    logs = console.log_folder(cfg.experiment_dir, cfg.name, cfg.optuna_journal)
+    logs = console.log_folder(cfg.experiment_dir, cfg.name, cfg.study_storage)
     print(describe_plan(cfg, spec, resume=args.resume, logs=logs if quiet else None), flush=True)
     if args.resume:
         from sweeps.resume_account import describe_resume
@@ -138,14 +139,14 @@ def check_inputs(cfg: SweepConfig, *, resume: bool, source: str = "the sweep con
                 else "start it anew under another 'name'")
         problems.append(f"--resume: {cfg.experiment_dir} holds no Tune experiment state (experiment_state-*.json): "
                         f"nothing to resume; {anew}")
-    if not is_uri(cfg.optuna_journal) and Path(cfg.optuna_journal).is_dir():
-        problems.append(f"searcher.storage: {cfg.optuna_journal} is a folder; name the journal file")
+    if not is_uri(cfg.study_storage) and Path(cfg.study_storage).is_dir():
+        problems.append(f"searcher.storage: {cfg.study_storage} is a folder; name the journal file")
     from sweeps import preflight  # storage writable, GPUs present, checkpoint and COCO files loadable
 
     problems += preflight.problems(cfg)
     try:
         check_apart({"storage_path/name": cfg.experiment_dir if local else None,
-                     "searcher.storage": None if is_uri(cfg.optuna_journal) else cfg.optuna_journal},
+                     "searcher.storage": None if is_uri(cfg.study_storage) else cfg.study_storage},
                     {f"trial.{name}": getattr(cfg.trial, name) or None
                      for name in ("train_json", "val_json", "images_dir", "checkpoint")}
                     | {"search_space": cfg.search_space, "the config": source if Path(source).is_file() else None})
@@ -193,7 +194,7 @@ def describe_plan(cfg: SweepConfig, spec: SearchSpec, *, resume: bool, logs: Pat
         f"sweep {cfg.name} ({'resume' if resume else 'new'})",
         f"  experiment dir : {cfg.experiment_dir}",
         f"  optuna         : study {cfg.study_name}, {cfg.searcher.sampler} sampler{startup}, "
-        f"seed {cfg.searcher.seed}, journal {cfg.optuna_journal}",
+        f"seed {cfg.searcher.seed}, study in {shown(cfg.study_storage)}",
         f"  objectives     : {METRIC} max, {SECOND_OBJECTIVE} max",
         f"  trials         : {cfg.num_samples}, {concurrency}",
         f"  per trial      : {t.num_workers} workers x {per_worker}, backend {t.backend}, {t.precision}, "
@@ -281,7 +282,7 @@ def make_searcher(cfg: SweepConfig, spec: SearchSpec) -> ResumableOptunaSearch:
         metric=[METRIC, SECOND_OBJECTIVE], mode=["max", "max"],
         points_to_evaluate=spec.points_to_evaluate or None,
         sampler=sampler,
-        study_name=cfg.study_name, storage=journal_storage(cfg.optuna_journal),
+        study_name=cfg.study_name, storage=open_storage(cfg.study_storage),
     )
 
 
@@ -351,8 +352,8 @@ def run_sweep(cfg: SweepConfig, spec: SearchSpec, *, resume: bool = False,
     check_cluster_storage(cfg.experiment_dir, say=lambda text: print(text, flush=True))
     with ray_compat.quiet_tune_output() if quiet else contextlib.nullcontext():
         results = tuner.fit()
-    sweep = load_sweep(cfg.experiment_dir, journal=cfg.optuna_journal, study_name=cfg.study_name)
-    return SweepOutcome(sweep=sweep, optuna_journal=cfg.optuna_journal, study_name=cfg.study_name,
+    sweep = load_sweep(cfg.experiment_dir, journal=cfg.study_storage, study_name=cfg.study_name)
+    return SweepOutcome(sweep=sweep, study_storage=cfg.study_storage, study_name=cfg.study_name,
                         num_trials=len(results), errors=trial_errors(results))
 
 
@@ -383,7 +384,7 @@ def format_outcome(outcome: SweepOutcome) -> str:
         lines.append(f"failed trials ({len(outcome.errors)}):")
         lines += [f"  {trial_id}: {error}" for trial_id, error in outcome.errors.items()]
     lines += [f"experiment dir : {outcome.experiment_dir}",
-              f"optuna journal : {outcome.optuna_journal} (study {outcome.study_name})"]
+              f"optuna study   : {outcome.study_name} in {shown(outcome.study_storage)}"]
     return "\n".join(lines)
 
 

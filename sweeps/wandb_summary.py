@@ -32,7 +32,7 @@ def runs_dir(cfg: SweepConfig) -> Path:
     """The folder whose ``wandb/`` holds every W&B run of the sweep: the experiment folder; for a sweep on
     object storage, ``<name>-wandb`` beside its Optuna journal (a local or NFS file for such a sweep)."""
     if is_uri(cfg.storage_path):
-        return Path(cfg.optuna_journal).parent / f"{cfg.name}-wandb"
+        return Path(cfg.study_storage).parent / f"{cfg.name}-wandb"
     return Path(cfg.experiment_dir)
 
 
@@ -82,7 +82,7 @@ def log_sweep_summary(cfg: SweepConfig, sweep: SweepResults | None = None) -> Pa
     import wandb
 
     if sweep is None:
-        sweep = load_sweep(cfg.experiment_dir, journal=cfg.optuna_journal, study_name=cfg.study_name)
+        sweep = load_sweep(cfg.experiment_dir, journal=cfg.study_storage, study_name=cfg.study_name)
     best = sweep.best_checkpoint()
     folder = runs_dir(cfg)
     folder.mkdir(parents=True, exist_ok=True)

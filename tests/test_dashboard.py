@@ -18,7 +18,7 @@ import pytest
 from common.errors import run_cli
 from sweeps.config import JOURNAL_FILE
 from sweeps.dashboard import main, serve, study_app
-from sweeps.results import journal_storage
+from sweeps.study_storage import journal_storage
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -49,8 +49,8 @@ from search_spaces import load_search_spec
 from sweeps import ray_compat, stage2
 from sweeps.config import parse_sweep_config
 from sweeps.optuna_search import RAY_TRIAL_ID_ATTR
-from sweeps.results import journal_storage
 from sweeps.stage2 import run_sweep
+from sweeps.study_storage import journal_storage
 from trainables.checkpoints.trial import METRICS_FILE, MODEL_FILE
 from trainables.config import TrialConfig
 
@@ -262,7 +262,7 @@ class TestOnALocalRay:
         analysis = ExperimentAnalysis(cfg.experiment_dir)
         trials = {t.config["seed"]: t for t in analysis.trials}
         histories = {r.config["seed"]: r.metrics_dataframe for r in ResultGrid(analysis)}
-        study = optuna.load_study(study_name=cfg.study_name, storage=journal_storage(cfg.optuna_journal))
+        study = optuna.load_study(study_name=cfg.study_name, storage=journal_storage(cfg.study_storage))
         states = {t.params["seed"]: t.state for t in study.trials}
         assert outcome.num_trials == 2 and outcome.errors == {}  # diverged is not an error: nothing crashed
         assert states == {0: TrialState.COMPLETE, NAN_SEED: TrialState.FAIL}
@@ -344,7 +344,7 @@ class TestOnALocalRay:
         assert outcome.errors == {}, outcome.errors
         assert all(t.status == "TERMINATED" and t.last_result["step"] == 6 for t in trials)
         assert restarts and restarts[0]["resumed_from"] >= 2, "the trial restarted from scratch"
-        study = optuna.load_study(study_name=cfg.study_name, storage=journal_storage(cfg.optuna_journal))
+        study = optuna.load_study(study_name=cfg.study_name, storage=journal_storage(cfg.study_storage))
         assert sorted(t.user_attrs[RAY_TRIAL_ID_ATTR] for t in study.trials) == sorted(t.trial_id for t in trials)
         assert all(t.state == TrialState.COMPLETE for t in study.trials), [t.state for t in study.trials]
 
@@ -478,7 +478,7 @@ def test_a_sweep_survives_losing_a_worker_node_and_loses_no_trial(tmp_path):
     assert len(trials) == len(lrs) and outcome.errors == {}
     assert all(t.status == "TERMINATED" and t.last_result["step"] == MAX_STEPS_NODE_LOSS for t in trials), \
         {t.trial_id: (t.status, t.last_result.get("step")) for t in trials}
-    study = optuna.load_study(study_name=cfg.study_name, storage=journal_storage(cfg.optuna_journal))
+    study = optuna.load_study(study_name=cfg.study_name, storage=journal_storage(cfg.study_storage))
     assert sorted(t.user_attrs[RAY_TRIAL_ID_ATTR] for t in study.trials) == sorted(t.trial_id for t in trials)
     assert all(t.state == TrialState.COMPLETE for t in study.trials), [t.state for t in study.trials]
 

@@ -37,7 +37,7 @@ import yaml
 from readme import readme_commands, substituted
 
 from sweeps.config import load_sweep_config
-from sweeps.results import journal_storage
+from sweeps.study_storage import journal_storage
 
 REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -245,6 +245,6 @@ def test_the_sweep_runs_as_a_ray_job_on_a_running_head(tmp_path):
     print(f"uploaded working dir: {size / 2**20:.2f} MiB")
     assert size < 5 * 2**20
     # The one trial finished and the study holds it.
-    study = optuna.load_study(study_name=cfg.study_name, storage=journal_storage(cfg.optuna_journal))
+    study = optuna.load_study(study_name=cfg.study_name, storage=journal_storage(cfg.study_storage))
     assert [t.state.name for t in study.trials] == ["COMPLETE"]
     assert "Pareto front (1 of 1 trials" in logs

@@ -12,14 +12,15 @@ file is ``ray_cluster.yaml`` with what this machine cannot be replaced:
   machine starts at once: the driver waits for them to join) and autoscaling (declared resources, machines
   started on demand: the driver sizes by the autoscaler's maximum before any worker is up);
 - the head's start command exports ``RAY_FAKE_CLUSTER=1`` and gets this test's ports; its ``ray stop`` runs as written;
-- the project mount, setup commands and SSH key are left out (this checkout and its venv are the nodes').
+- the project mount, ``make venv`` and the SSH key are left out (this checkout and its venv are the nodes').
 
 Checked: the job succeeds; the driver derived its concurrency from the joined machines or the autoscaler's
 maximum (the head has no CPU for trials); the trials' Train workers ran on more than one worker node and never
 on the head; the CLI without the token is refused; the export and report come out of the shared storage;
-``ray down`` leaves no Ray process (here every node is this machine: the head's ``ray stop`` ends them all). Not proven here: SSH, ``rsync`` and the setup commands on real machines, the NVIDIA driver and GPUs,
-cloud APIs and instance roles (``ray_cluster_aws.yaml`` is checked only as a file), and a storage folder
-shared over a network (here every node is this machine).
+``ray down`` leaves no Ray process (here every node is this machine: the head's ``ray stop`` ends them all).
+Not proven here: SSH, ``rsync`` and the setup commands on real machines, the NVIDIA driver and GPUs, cloud
+APIs and instance roles (``ray_cluster_aws.yaml`` is checked only as a file), a storage folder shared over a
+network, and ``ray down`` reaching other machines.
 
 ``ray stop`` (in the head's start commands and in ``ray down``) stops every Ray process on the machine: the
 test is skipped where another Ray process runs.

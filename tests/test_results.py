@@ -37,7 +37,7 @@ def test_all_dice_tied_the_report_and_the_export_name_the_same_checkpoint(tmp_pa
     assert sweep.best.trial_id == "t1" and sweep.best.best_report()["step"] == 4
     per_category = make_figure(sweep, tmp_path, *next(f for f in FIGURES if f[1] == "per_category.png"))
     assert per_category.images  # drawn from the best trial's best report, the exported checkpoint
-    outcome = SweepOutcome(sweep=sweep, optuna_journal="j", study_name="s", num_trials=2, errors={})
+    outcome = SweepOutcome(sweep=sweep, study_storage="j", study_name="s", num_trials=2, errors={})
     assert "best checkpoint (what `python -m sweeps.export` takes): t1 step 4" in format_outcome(outcome)
 
 

@@ -60,7 +60,7 @@ def test_defaults_fill_every_optional_section():
     cfg = parse_sweep_config(MINIMAL, source="my.yaml")
     assert cfg.searcher.sampler == "tpe" and cfg.study_name == "s" and cfg.max_concurrent_trials is None
     assert cfg.experiment_dir == "/tmp/sweeps/s"
-    assert cfg.optuna_journal == "/tmp/sweeps/s/optuna_journal.log"
+    assert cfg.study_storage == "/tmp/sweeps/s/optuna_journal.log"
     assert cfg.ray.dashboard_host == "127.0.0.1" and cfg.wandb.mode == "disabled"
 
 
@@ -69,7 +69,7 @@ def test_relative_storage_is_made_absolute_and_uris_are_kept(tmp_path, monkeypat
     assert parse_sweep_config(with_(storage_path="out"), source="x").storage_path == str(tmp_path / "out")
     cfg = parse_sweep_config(with_(storage_path="s3://bucket/sweeps", searcher={"storage": "/nfs/j.log"}),
                              source="x")
-    assert cfg.experiment_dir == "s3://bucket/sweeps/s" and cfg.optuna_journal == "/nfs/j.log"
+    assert cfg.experiment_dir == "s3://bucket/sweeps/s" and cfg.study_storage == "/nfs/j.log"
 
 
 def test_the_files_a_trial_reads_get_absolute_paths_as_workers_run_in_their_trial_folder(tmp_path, monkeypatch):
@@ -87,7 +87,7 @@ def test_the_files_a_trial_reads_get_absolute_paths_as_workers_run_in_their_tria
 def test_a_uri_storage_needs_an_explicit_journal():
     cfg = parse_sweep_config(with_(storage_path="s3://bucket/sweeps"), source="x")
     with pytest.raises(InputError, match="searcher.storage"):
-        cfg.optuna_journal
+        cfg.study_storage
 
 
 @pytest.mark.parametrize("change, message", [

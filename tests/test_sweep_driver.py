@@ -26,10 +26,10 @@ from optuna.trial import TrialState
 from common.errors import InputError
 from search_spaces import load_search_spec
 from sweeps import console, ray_compat
-from sweeps.config import parse_sweep_config
+from sweeps.config import JOURNAL_FILE, parse_sweep_config
 from sweeps.optuna_search import DRAW_ATTR, RAY_TRIAL_ID_ATTR, optuna_state
-from sweeps.results import journal_storage
 from sweeps.stage2 import check_inputs, format_outcome, main, make_searcher, run_sweep
+from sweeps.study_storage import journal_storage
 from trainables.checkpoints.trial import STATE_FILE
 from trainables.trial import diverged_report
 
@@ -115,7 +115,7 @@ def test_a_quiet_sweep_prints_each_validation_and_how_each_trial_ended(finished_
 
 def test_a_sweep_prunes_asha_stopped_trials_fails_diverged_ones_and_prints_the_pareto_front(finished_sweep):
     cfg, outcome = finished_sweep
-    study = optuna.load_study(study_name=cfg.study_name, storage=journal_storage(cfg.optuna_journal))
+    study = optuna.load_study(study_name=cfg.study_name, storage=journal_storage(cfg.study_storage))
     by_lr = {t.params["lr_transformer"]: t for t in study.trials}
     assert by_lr[BASELINE_LR].state == TrialState.COMPLETE
     assert by_lr[POOR_LR].state == TrialState.PRUNED  # ASHA stopped it at step 2 (< max_steps 8)
@@ -134,15 +134,28 @@ def test_a_sweep_prunes_asha_stopped_trials_fails_diverged_ones_and_prints_the_p
     assert not [c for c in checkpoints if (c / STATE_FILE).exists()]
 
     text = format_outcome(outcome)
-    assert "Pareto front (1 of 3 trials" in text and best.trial_id in text and cfg.optuna_journal in text
+    assert "Pareto front (1 of 3 trials" in text and best.trial_id in text and cfg.study_storage in text
 
 
 def test_resuming_a_finished_sweep_reloads_its_study_without_enqueuing_the_baseline_again(finished_sweep):
     cfg, outcome = finished_sweep
     resumed = run_sweep(cfg, load_search_spec(cfg.search_space), resume=True, train_loop=fake_train_loop)
-    study = optuna.load_study(study_name=cfg.study_name, storage=journal_storage(cfg.optuna_journal))
+    study = optuna.load_study(study_name=cfg.study_name, storage=journal_storage(cfg.study_storage))
     assert len(study.trials) == 3
     assert resumed.pareto_front == outcome.pareto_front
+
+
+def test_a_sweep_keeps_its_study_in_a_database_when_searcher_storage_names_one(ray_local, tmp_path):
+    """searcher.storage as an SQLAlchemy URL (SQLite here; PostgreSQL/MySQL the same through their drivers):
+    the study, its trials and their states live in the database, and the results read them from there."""
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    cfg = sweep_config(tmp_path, searcher={"storage": url})
+    outcome = run_sweep(cfg, load_search_spec(cfg.search_space), train_loop=fake_train_loop, quiet=True)
+    study = optuna.load_study(study_name=cfg.study_name, storage=url)
+    assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "FAIL", "PRUNED"]
+    assert not (Path(cfg.experiment_dir) / JOURNAL_FILE).exists()
+    assert outcome.num_trials == 3 and len(outcome.pareto_front) == 1
+    assert f"optuna study   : {cfg.study_name} in {url}" in format_outcome(outcome)
 
 
 def test_a_new_run_over_an_existing_sweep_is_refused(finished_sweep):

@@ -38,7 +38,8 @@ from optuna.trial import TrialState
 from search_spaces import load_search_spec
 from sweeps.config import load_sweep_config
 from sweeps.optuna_search import RAY_TRIAL_ID_ATTR
-from sweeps.results import journal_storage, load_sweep
+from sweeps.results import load_sweep
+from sweeps.study_storage import journal_storage
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_SAMPLES = 4
@@ -75,10 +76,10 @@ def driver_env(**machine: str) -> dict[str, str]:
 
 def snapshot(cfg) -> dict[int, optuna.trial.FrozenTrial]:
     """The study's trials by number, or {} while the journal does not hold the study yet."""
-    if not Path(cfg.optuna_journal).exists():
+    if not Path(cfg.study_storage).exists():
         return {}
     try:
-        study = optuna.load_study(study_name=cfg.study_name, storage=journal_storage(cfg.optuna_journal))
+        study = optuna.load_study(study_name=cfg.study_name, storage=journal_storage(cfg.study_storage))
     except KeyError:  # the study is not created yet
         return {}
     return {t.number: t for t in study.get_trials(deepcopy=False)}
