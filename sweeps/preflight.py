@@ -154,13 +154,13 @@ def windows_path_problems(cfg: SweepConfig, *, windows: bool = os.name == "nt") 
 def storage_problems(cfg: SweepConfig) -> list[str]:
     """The local folders the sweep writes (experiment folder, Optuna journal) that cannot be written, and a
     study database that does not answer."""
-    from sweeps.study_storage import database_storage, is_database_url
+    from sweeps.study_storage import check_database, is_database_url
 
     targets = [("storage_path", cfg.experiment_dir)]
     found = []
     if cfg.searcher.storage and is_database_url(cfg.searcher.storage):
         try:
-            database_storage(cfg.searcher.storage)
+            check_database(cfg.searcher.storage)
         except InputError as err:
             found.append(str(err))
     elif cfg.searcher.storage and not is_uri(cfg.searcher.storage):

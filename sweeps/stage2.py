@@ -282,7 +282,7 @@ def make_searcher(cfg: SweepConfig, spec: SearchSpec) -> ResumableOptunaSearch:
         metric=[METRIC, SECOND_OBJECTIVE], mode=["max", "max"],
         points_to_evaluate=spec.points_to_evaluate or None,
         sampler=sampler,
-        study_name=cfg.study_name, storage=open_storage(cfg.study_storage),
+        study_name=cfg.study_name, storage=open_storage(cfg.study_storage, create=True),
     )
 
 
@@ -307,12 +307,13 @@ def make_scheduler(cfg: SweepConfig):
                          grace_period=cfg.scheduler.grace_period, reduction_factor=cfg.scheduler.reduction_factor)
 
 
-def make_tune_config(cfg: SweepConfig, spec: SearchSpec):
-    """The sweep's ``tune.TuneConfig``: Optuna search, ASHA, ``num_samples`` and concurrency (Ray must be up)."""
+def make_tune_config(cfg: SweepConfig, spec: SearchSpec, concurrency: int | None = None):
+    """The sweep's ``tune.TuneConfig``: Optuna search, ASHA, ``num_samples`` and ``concurrency`` (default
+    :func:`max_concurrent_trials`: Ray must be up)."""
     from ray import tune
 
     return tune.TuneConfig(search_alg=make_searcher(cfg, spec), scheduler=make_scheduler(cfg),
-                           num_samples=cfg.num_samples, max_concurrent_trials=max_concurrent_trials(cfg),
+                           num_samples=cfg.num_samples, max_concurrent_trials=concurrency or max_concurrent_trials(cfg),
                            trial_dirname_creator=trial_dirname)
 
 
@@ -329,6 +330,10 @@ def run_sweep(cfg: SweepConfig, spec: SearchSpec, *, resume: bool = False,
     from ray import tune
 
     verbose = 0 if quiet else 1  # Tune's silent / default
+    # How many trials at once (on-premises: once the machines have joined), then whether every machine up
+    # shares the storage: both before the study or Tune writes anything into the experiment folder.
+    concurrency = None if resume else max_concurrent_trials(cfg)
+    check_cluster_storage(cfg.experiment_dir, say=lambda text: print(text, flush=True))
     trainable = make_trial_function(cfg, train_loop or default_train_loop())
     if resume:
         tuner = tune.Tuner.restore(cfg.experiment_dir, trainable, resume_errored=True)
@@ -342,14 +347,13 @@ def run_sweep(cfg: SweepConfig, spec: SearchSpec, *, resume: bool = False,
         tuner = tune.Tuner(
             trainable,
             param_space=spec.params,
-            tune_config=make_tune_config(cfg, spec),
+            tune_config=make_tune_config(cfg, spec, concurrency),
             # Tune re-runs a trial whose own actor died (its node lost): the re-run's TorchTrainer has the same
             # name, so the Train run resumes from its last checkpoint (Train's FailureConfig covers its workers).
             run_config=tune.RunConfig(name=cfg.name, storage_path=cfg.storage_path, callbacks=callbacks,
                                       failure_config=tune.FailureConfig(max_failures=cfg.failure.max_failures),
                                       verbose=verbose),
         )
-    check_cluster_storage(cfg.experiment_dir, say=lambda text: print(text, flush=True))
     with ray_compat.quiet_tune_output() if quiet else contextlib.nullcontext():
         results = tuner.fit()
     sweep = load_sweep(cfg.experiment_dir, journal=cfg.study_storage, study_name=cfg.study_name)

@@ -61,14 +61,20 @@ def storage_problems(location: str, nodes: list[dict[str, Any]], timeout_s: floa
             if ref not in ready:
                 problems.append(f"storage_path: {where} did not answer within {timeout_s:.0f} s")
                 continue
-            if failure := ray.get(ref):
+            try:
+                failure = ray.get(ref)
+            except Exception as err:  # the probe task itself failed there (the node died, say)
+                failure = f"the check could not run there: {type(err).__name__}: {str(err).splitlines()[0]}"
+            if failure:
                 problems.append(f"storage_path: {where} cannot use {location}: {failure}")
                 continue
             answer = f"{path}/{token_name}.{node['NodeID']}"
             if fs.get_file_info(answer).type == pyarrow.fs.FileType.NotFound:
                 problems.append(f"storage_path: {where} wrote into a {location} of its own, which this driver does "
                                 "not see: the folder is not shared")
-    finally:  # the check's own files, and the folder if the check created it
+    finally:  # the check's own files (late probes cancelled first), and the folder if the check created it
+        for ref in asked.values():
+            ray.cancel(ref, force=True)
         for info in fs.get_file_info(pyarrow.fs.FileSelector(path)):
             if info.base_name.startswith(token_name):
                 fs.delete_file(info.path)
