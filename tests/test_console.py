@@ -201,7 +201,7 @@ MEANT_FOR_A_PERSON = [  # every line a quiet sweep prints matches one of these
     r"\d\d:\d\d:\d\d \w{8} step \d+/20  val Dice \d\.\d{3}  AP75 \d\.\d{3}  \d+\.\d\d s/step(  ~.* left)?",
     r"\d\d:\d\d:\d\d \w{8} (completed 20 steps|stopped by ASHA at step \d+|diverged at step \d+: .*)( \(best .*\))?",
     r"\w{8} step \d+/20, .* left",  # a progress line (a plain stream: the test's pipe)
-    r"Pareto front .*", r"best checkpoint .*", r"experiment dir : .*", r"optuna journal : .*",
+    r"Pareto front .*", r"best checkpoint .*", r"experiment dir : .*", r"optuna study   : .*",
     r"warning \(shown once; all in the driver log\): .*",
 ]
 
