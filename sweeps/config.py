@@ -41,7 +41,8 @@ METRIC = "val_dice"
 #: validation metrics the trial loop reports that ASHA may stop on (all "higher is better")
 ASHA_METRICS = frozenset({"val_dice", "val_dice_pooled", "val_ap", "val_ap50", "val_ap75", "val_presence_auroc"})
 SECOND_OBJECTIVE = "val_ap75"
-#: The Optuna journal's file name inside the experiment folder (unless ``searcher.storage`` names another file).
+#: The Optuna journal's file name inside the experiment folder (unless ``searcher.storage`` names another file
+#: or a database).
 JOURNAL_FILE = "optuna_journal.log"
 #: The folder inside the experiment folder that holds each trial's Ray Train run and its checkpoints.
 TRAIN_RUNS = "train_runs"
@@ -160,7 +161,7 @@ class SweepConfig:
         if is_uri(self.storage_path) and not self.searcher.storage:
             raise InputError(f"searcher.storage: set a journal file on a local or shared folder when storage_path is "
                              f"a URI ({self.storage_path}): a journal cannot live on object storage")
-        if is_uri(self.storage_path) and is_database_url(self.searcher.storage):
+        if is_uri(self.storage_path) and is_database_url(self.searcher.storage or ""):
             raise InputError("searcher.storage: with storage_path on object storage, name a journal file on this "
                              "machine's disk: its folder also holds the sweep's logs and W&B runs, which a "
                              "database URL leaves without a local home")

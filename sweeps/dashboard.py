@@ -1,13 +1,13 @@
 """The sweep's Optuna study in optuna-dashboard, read-only: ``python -m sweeps.dashboard EXPERIMENT_DIR``.
 
-Serves the study's journal (``<experiment dir>/optuna_journal.log``, or ``--journal`` for a sweep whose
-``searcher.storage`` names another file or a database) with optuna-dashboard (an optional extra:
+Serves the sweep's study, from its journal (``<experiment dir>/optuna_journal.log``) or from what ``--journal``
+names (a sweep whose ``searcher.storage`` is another file or a database) with optuna-dashboard (an optional extra:
 ``pip install -e ".[dashboard]"``) on 127.0.0.1, prints the study's URL and serves until Ctrl-C. It can be
-opened while the sweep runs: the page follows the journal.
+opened while the sweep runs: the page follows the study.
 
 Read-only: optuna-dashboard can also rename or delete studies, finish trials and write notes, which would
 change the sweep's own record of its trials; this command answers every request that would write (any
-method but GET and HEAD) with 405 and leaves the journal as the sweep wrote it. Another host than loopback
+method but GET and HEAD) with 405 and leaves the study as the sweep wrote it. Another host than loopback
 is refused unless ``--allow-remote`` (whoever reaches the port reads the study); from another machine, an
 SSH tunnel (``ssh -L 8080:127.0.0.1:8080 head``) keeps it on loopback.
 """
@@ -23,8 +23,8 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from common.errors import InputError, run_cli
-from common.paths import is_uri
-from sweeps.config import JOURNAL_FILE
+from common.paths import is_uri, last_part
+from sweeps.config import JOURNAL_FILE, default_journal
 from sweeps.study_storage import is_database_url, open_storage, shown
 
 WSGIApp = Callable[[dict, Callable[..., Any]], Iterable[bytes]]
@@ -44,9 +44,9 @@ def read_only(app: WSGIApp) -> WSGIApp:
     return guarded
 
 
-def study_app(storage_location: str) -> tuple[WSGIApp, str, int]:
-    """The read-only dashboard of the study in a journal file or database, the study's name and its id (its
-    page's URL)."""
+def study_app(storage_location: str, fallback_name: str) -> tuple[WSGIApp, str, int]:
+    """The read-only dashboard of a journal file's or database's studies, and the sweep's study there (its
+    only one, else the one named ``fallback_name``, the experiment folder's): its name and id (its page)."""
     try:
         from optuna_dashboard import wsgi
     except ImportError as err:
@@ -56,14 +56,18 @@ def study_app(storage_location: str) -> tuple[WSGIApp, str, int]:
     studies = storage.get_all_studies()
     if not studies:
         raise InputError(f"{shown(storage_location)}: no Optuna study there yet (the sweep creates it when it starts)")
-    name = studies[0].study_name
+    names = [s.study_name for s in studies]
+    name = names[0] if len(names) == 1 else fallback_name
+    if name not in names:
+        raise InputError(f"{shown(storage_location)} holds the studies {names}, none named {name!r} (the "
+                         "experiment folder's name): is EXPERIMENT_DIR that sweep's?")
     return read_only(wsgi(storage)), name, storage.get_study_id_from_name(name)
 
 
 class QuietHandler(WSGIRequestHandler):
     """No line per request on the console (the page polls the study every few seconds)."""
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
@@ -94,7 +98,7 @@ def resolve_journal(experiment_dir: str, journal: str | None) -> str:
     if journal is None and is_uri(experiment_dir):
         raise InputError(f"{experiment_dir}: a sweep on object storage keeps its Optuna journal where its "
                          "searcher.storage says; pass that file with --journal")
-    path = Path(journal) if journal else Path(experiment_dir) / JOURNAL_FILE
+    path = Path(journal or default_journal(experiment_dir))
     if not path.is_file():
         raise InputError(f"no Optuna journal at {path}: pass the sweep's experiment folder "
                          f"(<storage_path>/<name>, holding {JOURNAL_FILE}) or the journal with --journal")
@@ -115,11 +119,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise InputError(f"--host {args.host}: the dashboard listens on loopback only, so that no one else reads "
                          "the study; from another machine use an SSH tunnel (ssh -L 8080:127.0.0.1:8080 HOST), "
                          "or add --allow-remote")
-    app, name, study_id = study_app(resolve_journal(args.experiment_dir, args.journal))
+    app, name, study_id = study_app(resolve_journal(args.experiment_dir, args.journal), last_part(args.experiment_dir))
     server = serve(app, args.host, args.port)
     host, port = server.server_address[:2]
-    shown = f"[{host}]" if ":" in host else host
-    print(f"study {name} (read-only): http://{shown}:{port}/dashboard/studies/{study_id}  (Ctrl-C stops it)",
+    url_host = f"[{host}]" if ":" in host else host
+    print(f"study {name} (read-only): http://{url_host}:{port}/dashboard/studies/{study_id}  (Ctrl-C stops it)",
           flush=True)
     try:
         server.serve_forever()

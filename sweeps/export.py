@@ -129,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="the folder to create")
     parser.add_argument("--pick", choices=PICKS, default="dice", help="which checkpoint(s) to export")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it is an earlier export")
-    parser.add_argument("--optuna-journal", help="pareto only: the study's journal file "
+    parser.add_argument("--optuna-journal", help="pareto only: the study's journal file or database URL "
                         f"(default <experiment>/{JOURNAL_FILE}; required for URI storage)")
     parser.add_argument("--study-name", help="pareto only: the Optuna study (default: the experiment name)")
     parser.add_argument("--frozen-from", help="a copy of the sweep's starting checkpoint (trial.checkpoint), "

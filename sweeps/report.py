@@ -639,7 +639,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("experiment_dir", help="the sweep's experiment directory (<storage_path>/<name>)")
     parser.add_argument("--out", required=True, help="folder for index.html and its figures")
     parser.add_argument("--export", help="an exported checkpoint directory (sweeps/export.py) for overlays")
-    parser.add_argument("--journal", help=f"the Optuna journal (default <experiment_dir>/{JOURNAL_FILE})")
+    parser.add_argument("--journal", help=f"the Optuna journal or database URL (searcher.storage; default "
+                                          f"<experiment_dir>/{JOURNAL_FILE})")
     parser.add_argument("--study", help="the Optuna study name (default: the journal's only study)")
     parser.add_argument("--overlay-images", type=int, default=4, help="validation images to overlay")
     parser.add_argument("--evaluation", help="the export's held-out evaluation folder (python -m sweeps.evaluate)")

@@ -240,10 +240,11 @@ def load_sweep(experiment_dir: str | Path, *, journal: str | Path | None = None,
                study_name: str | None = None) -> SweepResults:
     """Read a sweep's Tune results and its Optuna study (no Ray cluster needed).
 
-    ``journal``: default :func:`~sweeps.config.default_journal` of a local experiment folder (a URI's study
-    needs it named). ``study_name``: default the journal's only study, else the experiment folder's name (the
-    driver's default). A missing journal or study is not an error: states then come from Tune, there is no
-    Pareto front, and ``notes`` says why.
+    ``journal``: where the study lives (a journal file or database URL, :mod:`sweeps.study_storage`); default
+    :func:`~sweeps.config.default_journal` of a local experiment folder (a URI's study needs it named).
+    ``study_name``: default the storage's only study, else the experiment folder's name (the driver's default).
+    A missing journal or study is not an error: states then come from Tune, there is no Pareto front, and
+    ``notes`` says why.
     """
     from ray.tune import ExperimentAnalysis
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from common.errors import run_cli
+from common.errors import InputError, run_cli
 from sweeps.config import JOURNAL_FILE
 from sweeps.dashboard import main, serve, study_app
 from sweeps.study_storage import journal_storage
@@ -40,7 +40,7 @@ def experiment(tmp_path) -> Path:
 @pytest.fixture
 def served(experiment):
     """The dashboard of ``experiment`` on a free loopback port: (base URL, study id, journal)."""
-    app, _, study_id = study_app(experiment / JOURNAL_FILE)
+    app, _, study_id = study_app(str(experiment / JOURNAL_FILE), experiment.name)
     server = serve(app, "127.0.0.1", 0)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -108,3 +108,12 @@ def test_a_folder_without_a_journal_is_refused_with_what_to_pass(tmp_path, capsy
     assert f"no Optuna journal at {tmp_path / JOURNAL_FILE}" in capsys.readouterr().err
     assert run_cli(main, ["s3://bucket/sweeps/stage2-cass"]) == 2
     assert "pass that file with --journal" in capsys.readouterr().err
+
+
+def test_of_several_studies_in_one_storage_the_sweeps_is_the_one_named_after_its_folder(experiment):
+    storage = journal_storage(experiment / JOURNAL_FILE)
+    optuna.create_study(study_name="another-sweep", storage=storage)
+    _, name, study_id = study_app(str(experiment / JOURNAL_FILE), "stage2-cass")
+    assert name == "stage2-cass" and study_id == storage.get_study_id_from_name("stage2-cass")
+    with pytest.raises(InputError, match="none named 'stage1'"):
+        study_app(str(experiment / JOURNAL_FILE), "stage1")

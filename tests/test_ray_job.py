@@ -21,10 +21,8 @@ Ray on the machine.
 
 from __future__ import annotations
 
-import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,7 +32,7 @@ import optuna
 import psutil
 import pytest
 import yaml
-from readme import readme_commands, substituted
+from readme import cli_env, free_ports, readme_commands, substituted
 
 from sweeps.config import load_sweep_config
 from sweeps.study_storage import journal_storage
@@ -42,27 +40,6 @@ from sweeps.study_storage import journal_storage
 REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
 JOB_ID = "sweep-job-test"  # in place of the README's stage2-cass
-AUTH_VARIABLES = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
-def cli_env(home: Path) -> dict[str, str]:
-    """A machine whose home folder is ``home``: the venv first on PATH (the job's ``python``), no inherited
-    RAY_ADDRESS or Ray auth settings (each command sets its own, as the README writes them)."""
-    home.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", *AUTH_VARIABLES)}
-    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", HOME=str(home),
-               USERPROFILE=str(home), TORCHDYNAMO_DISABLE="1", PYTHONUNBUFFERED="1", WANDB_MODE="disabled")
-    return env
 
 
 def write_config(tmp_path: Path) -> Path:

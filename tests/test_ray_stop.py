@@ -14,7 +14,6 @@ filter ``ray stop`` uses.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -24,20 +23,9 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from ray.autoscaler._private.constants import RAY_PROCESSES
-from readme import readme_commands
+from readme import cli_env, ray_processes, readme_commands
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def ray_processes() -> list[psutil.Process]:
-    """The processes ``ray stop`` would stop: its own name and command-line filters (``RAY_PROCESSES``)."""
-    found = []
-    for proc in psutil.process_iter(["name", "cmdline"]):
-        name, argv = proc.info["name"] or "", subprocess.list2cmdline(proc.info["cmdline"] or [])
-        if any(keyword in (name if by_name else argv) for keyword, by_name in RAY_PROCESSES):
-            found.append(proc)
-    return found
 
 
 def write_config(tmp_path: Path) -> Path:
@@ -68,10 +56,7 @@ def test_a_training_trial_shows_progress_and_ray_stop_force_ends_what_its_killed
         pytest.skip(f"{len(others)} other Ray process(es) run on this machine (e.g. {others[0].name()}): "
                     "`ray stop --force` would stop them too")
     (_, stop), = [command for command in readme_commands("From another machine") if command[1][:2] == ["ray", "stop"]]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    (tmp_path / "home").mkdir()  # the local Ray writes its token into ~/.ray: this test's home, not the user's
-    env.update(TORCHDYNAMO_DISABLE="1", WANDB_MODE="disabled", HOME=str(tmp_path / "home"),
-               USERPROFILE=str(tmp_path / "home"))
+    env = cli_env(tmp_path / "home")  # the local Ray writes its token into ~/.ray: this test's home, not the user's
     driver = subprocess.Popen([sys.executable, "sweeps/stage2.py", "--config", str(write_config(tmp_path))],
                               cwd=REPO, env=env, stdout=(tmp_path / "driver.log").open("w"),
                               stderr=subprocess.STDOUT)

@@ -29,9 +29,7 @@ test is skipped where another Ray process runs.
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,18 +39,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from readme import readme_commands, substituted
-from test_ray_stop import ray_processes
+from readme import cli_env, free_ports, ray_processes, readme_commands, substituted
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 FAKE_HEAD_NODE_ID = "f" * 51 + "00000"  # the id RAY_FAKE_CLUSTER gives the head (fake_multi_node)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 WORKER = {"CPU": 1, "object_store_memory": 200 * 2**20}  # what each fake worker machine has
@@ -161,15 +152,12 @@ def test_ray_up_of_the_on_premises_file_runs_the_sweep_on_its_worker_nodes(tmp_p
                     "would stop them")
     from ray.autoscaler._private.local.config import get_lock_path, get_state_path
 
-    gcs_port, dashboard_port = free_port(), free_port()
+    gcs_port, dashboard_port = free_ports(2)
     cluster_file = fake_cluster_file(tmp_path, gcs_port, dashboard_port, shape)
     cluster_name = yaml.safe_load(cluster_file.read_text())["cluster_name"]
     cfg_file = sweep_config(tmp_path)
     log = tmp_path / "cluster.log"
-    (tmp_path / "home").mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
-    env.update(HOME=str(tmp_path / "home"), PATH=f"{BIN}{os.pathsep}{env['PATH']}",
-               PYTHONPATH=str(REPO / "tests"), TORCHDYNAMO_DISABLE="1", WANDB_MODE="disabled")
+    env = {**cli_env(tmp_path / "home"), "PYTHONPATH": str(REPO / "tests")}  # the launcher: tests/fake_cluster.py
     here = {"ray_cluster.yaml": str(cluster_file), "sweeps/configs/stage2.yaml": str(cfg_file),
             "8265": str(dashboard_port), "EXPERIMENT_DIR": str(tmp_path / "shared" / "sweeps" / "cluster-test"),
             "EXPORT_DIR": str(tmp_path / "shared" / "best"), "REPORT_DIR": str(tmp_path / "shared" / "report"),

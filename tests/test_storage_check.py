@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from sweeps.cluster_size import alive_nodes
 from sweeps.storage_check import PROBE_PREFIX, answer_probe, storage_problems
 
 
@@ -28,7 +29,7 @@ def test_two_nodes_that_share_the_folder_pass_and_leave_nothing_behind(tmp_path)
     cluster.add_node(num_cpus=1)
     try:
         ray.init(address=cluster.address, log_to_driver=False)
-        nodes = [n for n in ray.nodes() if n["Alive"]]
+        nodes = alive_nodes()
         assert len(nodes) == 2
         experiment = tmp_path / "sweeps" / "stage2-cass"
         assert storage_problems(str(experiment), nodes) == []
