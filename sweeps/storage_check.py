@@ -55,7 +55,10 @@ def storage_problems(location: str, nodes: list[dict[str, Any]], timeout_s: floa
     problems = []
     try:
         ready, _ = ray.wait(list(asked.values()), num_returns=len(asked), timeout=timeout_s)
+        still_up = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
         for node in nodes:
+            if node["NodeID"] not in still_up:
+                continue  # it left the cluster meanwhile (an autoscaler removing a node): nothing to share with it
             where = f"the node at {node['NodeManagerAddress']} ({node['NodeID'][:8]})"
             ref = asked[node["NodeID"]]
             if ref not in ready:
@@ -63,7 +66,9 @@ def storage_problems(location: str, nodes: list[dict[str, Any]], timeout_s: floa
                 continue
             try:
                 failure = ray.get(ref)
-            except Exception as err:  # the probe task itself failed there (the node died, say)
+            except ray.exceptions.TaskUnschedulableError:
+                continue  # the node is going away: no trial will run there
+            except Exception as err:  # the probe task itself failed there
                 failure = f"the check could not run there: {type(err).__name__}: {str(err).splitlines()[0]}"
             if failure:
                 problems.append(f"storage_path: {where} cannot use {location}: {failure}")
