@@ -6,10 +6,16 @@ searcher with its seed, ASHA from the sweep config, one trial at a time) over ``
 measured curve of the **nearest design configuration** and a **training seed drawn for that trial**, so the
 training noise between seeds is part of what the searcher meets.
 
-Surrogate: nearest neighbour in the unit cube the design was drawn in (log scale for log-uniform knobs, a choice
-as its index), not a fitted model: it returns only curves that were trained, with their real val/test pairing
-and their noise, at the price of a piecewise-constant landscape (48 points over 10 knobs); a fitted model would
-smooth exactly the noise the comparison must include.
+Surrogate: the **nearest design configuration** under a distance fitted to the table, not a fitted model of the
+curves: it returns only curves that were trained, with their real val/test pairing and their noise, where a fitted
+model would smooth exactly the noise the comparison must include. The distance is what makes the landscape a
+searcher meets resemble the measured one: 48 points over 10 knobs, of which few matter (on seed 0's first 35
+configurations only ``lr_vision`` and ``loss_bbox`` correlated with the best val Dice at p < 0.05), so a plain
+Euclidean nearest point is decided mostly by the knobs that do not matter, and a searcher that learns "low
+``lr_vision``" would be handed a random point's curve. Each knob's distance is divided by its length-scale in a
+Gaussian process (ARD squared-exponential kernel plus noise, hyperparameters by maximum marginal likelihood)
+fitted to each configuration's best val Dice averaged over its seeds (:func:`fit_scales`): a knob the table says
+does not matter gets a long scale and barely moves the nearest point.
 
 Budget: ``--samples`` x max_steps trial-steps (random search's ``--samples`` full trials), counted in the order
 reports arrive; a method is judged at a third of it and at all of it. Its **pick** is the sweep's selection rule
@@ -18,10 +24,14 @@ budget, and its figure is that report's **test Dice** (the same checkpoint on th
 chosen on). Per searcher seed the gain is the method's figure minus random's; the table gives the median gain,
 wins / ties / losses and a two-sided sign test.
 
+Each (method, searcher seed)'s two figures are appended to ``<table>/replays.jsonl`` as they are measured, keyed
+by the method's settings, the budget and the table's digest: a rerun replays only what is missing there.
+
     TORCHDYNAMO_DISABLE=1 .venv/bin/python bench/search_replay.py --table bench_out/tabular [--seeds 0 ... 19]
         [--samples 8] [--methods asha+tpe tpe ...]
 
-Methods (:data:`METHODS`): random search, the sweep's default ASHA + TPE, and the variants that change one
+Methods (:data:`METHODS`): random search, ASHA + TPE with the ASHA of ``sweeps/configs/local.yaml`` or of
+``stage2.yaml`` (its grace period scaled from its ``max_steps`` to the table's), and the variants that change one
 thing of it (no ASHA, a random sampler, a baseline trial 0, fewer random draws before TPE models).
 """
 
@@ -29,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import math
 import statistics
@@ -43,6 +54,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ray.tune.stopper import Stopper  # noqa: E402
+
 from bench.tabular import LOCAL_CONFIG, LOCAL_SPACE, is_log_scale, space  # noqa: E402
 
 Curve = list[dict[str, float]]
@@ -50,32 +63,50 @@ Curve = list[dict[str, float]]
 
 @dataclass(frozen=True)
 class Method:
-    """A searcher setting of the sweep config: its Optuna sampler, ASHA or not, TPE's random draws before it
-    models (``searcher.startup_trials``), and whether trial 0 is the search space's baseline point."""
+    """A searcher setting of the sweep config: its Optuna sampler; the ASHA of which sweep config (``local`` or
+    ``stage2``: :func:`asha_settings`), or none; TPE's random draws before it models
+    (``searcher.startup_trials``); and whether trial 0 is the search space's baseline point."""
 
     sampler: str
-    asha: bool
+    asha: str | None
     startup_trials: int = 10
     baseline: bool = False
 
 
 #: the methods a replay can compare; "random" is the reference every other is compared with
 METHODS = {
-    "random": Method("random", asha=False),
-    "asha+random": Method("random", asha=True),
-    "tpe": Method("tpe", asha=False),  # models only with --samples above its startup_trials
-    "asha+tpe": Method("tpe", asha=True),  # the shipped default
-    "asha+tpe+baseline": Method("tpe", asha=True, baseline=True),
-    "asha+tpe-startup4": Method("tpe", asha=True, startup_trials=4),
+    "random": Method("random", asha=None),
+    "asha+random": Method("random", asha="local"),
+    "tpe": Method("tpe", asha=None),  # models only with --samples above its startup_trials
+    "asha+tpe": Method("tpe", asha="local"),  # local.yaml's default
+    "asha+tpe+baseline": Method("tpe", asha="local", baseline=True),
+    "asha+tpe-startup4": Method("tpe", asha="local", startup_trials=4),
+    "tpe-startup4": Method("tpe", asha=None, startup_trials=4),
+    "stage2-asha+tpe": Method("tpe", asha="stage2"),  # stage2.yaml's default
 }
+SWEEP_CONFIGS = {"local": LOCAL_CONFIG, "stage2": LOCAL_CONFIG.with_name("stage2.yaml")}
+
+
+def asha_settings(source: str, max_steps: int) -> dict[str, Any]:
+    """The ``scheduler`` block of sweep config ``source`` for trials of ``max_steps``: its grace period scaled
+    from the config's ``trial.max_steps`` (stage2.yaml: 400 of 2000 steps becomes 80 of 400; ASHA decides a rung
+    at the first report at or past it), its reduction factor and metric as they are."""
+    import yaml
+
+    raw = yaml.safe_load(SWEEP_CONFIGS[source].read_text(encoding="utf-8"))
+    block = dict(raw["scheduler"])
+    block["grace_period"] = max(1, round(block["grace_period"] * max_steps / raw["trial"]["max_steps"]))
+    return block
 
 
 @dataclass(frozen=True)
 class Table:
-    """The measured runs: design points, and each (configuration, seed)'s rows by step."""
+    """The measured runs: design points, each (configuration, seed)'s rows by step, and the surrogate's
+    per-knob length-scales (:func:`fit_scales`)."""
 
     points: list[dict[str, Any]]
     curves: dict[tuple[int, int], Curve]
+    scales: dict[str, float]
 
     @property
     def seeds(self) -> list[int]:
@@ -96,8 +127,44 @@ def read_table(folder: Path) -> Table:
             curves.setdefault(key, []).append({k: float(row[k]) for k in
                                                ("step", "val_dice", "val_ap75", "test_dice", "test_ap75")})
     seeds = sorted({s for _, s in curves})
-    complete = {c for c in range(len(points)) if all((c, s) in curves for s in seeds)}
-    return Table(points, {k: sorted(v, key=lambda r: r["step"]) for k, v in curves.items() if k[0] in complete})
+    complete = sorted(c for c in range(len(points)) if all((c, s) in curves for s in seeds))
+    curves = {k: sorted(v, key=lambda r: r["step"]) for k, v in curves.items() if k[0] in complete}
+    names = sorted(points[0])
+    best = [statistics.fmean(max(r["val_dice"] for r in curves[c, s]) for s in seeds) for c in complete]
+    scales = fit_scales([[unit(n, points[c][n]) for n in names] for c in complete], best)
+    return Table(points, curves, dict(zip(names, scales)))
+
+
+def fit_scales(x: list[list[float]], y: list[float]) -> list[float]:
+    """Per-column length-scales of a Gaussian process fitted to ``y`` at unit-cube points ``x``: ARD
+    squared-exponential kernel plus white noise on standardised ``y``, maximum marginal likelihood (L-BFGS-B,
+    three starts). Scales are bounded to [0.05, 1000]: a column at 1000 no longer moves a nearest point. A constant
+    ``y`` (nothing to learn) gives every column the same scale."""
+    import numpy as np
+    from scipy.linalg import cho_solve, cholesky
+    from scipy.optimize import minimize
+
+    xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    n, d = xs.shape
+    if n < 3 or np.ptp(ys) == 0:
+        return [1.0] * d
+    ys = (ys - ys.mean()) / ys.std()
+    squared = (xs[:, None, :] - xs[None, :, :]) ** 2  # n x n x d
+
+    def neg_log_likelihood(theta: np.ndarray) -> float:
+        scales, signal, noise = np.exp(theta[:d]), np.exp(2 * theta[d]), np.exp(2 * theta[d + 1])
+        k = signal * np.exp(-0.5 * (squared / scales**2).sum(-1)) + (noise + 1e-8) * np.eye(n)
+        try:
+            lower = cholesky(k, lower=True)
+        except np.linalg.LinAlgError:
+            return 1e10
+        return float(0.5 * ys @ cho_solve((lower, True), ys) + np.log(np.diag(lower)).sum())
+
+    bounds = [(math.log(0.05), math.log(1000.0))] * d + [(math.log(0.1), math.log(10.0)), (math.log(1e-3), 0.7)]
+    fits = [minimize(neg_log_likelihood, np.array([math.log(s)] * d + [0.0, math.log(0.3)]), method="L-BFGS-B",
+                     bounds=bounds) for s in (0.3, 1.0, 3.0)]
+    best = min(fits, key=lambda fit: fit.fun)
+    return [float(v) for v in np.exp(best.x[:d])]
 
 
 def unit(name: str, value: Any) -> float:
@@ -113,11 +180,12 @@ def unit(name: str, value: Any) -> float:
 
 
 def nearest(table: Table, config: dict[str, Any]) -> int:
-    """The design configuration nearest to ``config`` (Euclidean in the unit cube) among the complete ones."""
-    names = sorted(table.points[0])
-    target = [unit(n, config[n]) for n in names]
+    """The complete design configuration nearest to ``config``: Euclidean in the unit cube, each knob divided by
+    its fitted length-scale (:func:`fit_scales`)."""
+    target = {n: unit(n, config[n]) for n in table.scales}
     complete = sorted({c for c, _ in table.curves})
-    return min(complete, key=lambda c: sum((unit(n, table.points[c][n]) - t) ** 2 for n, t in zip(names, target)))
+    return min(complete, key=lambda c: sum(((unit(n, table.points[c][n]) - t) / table.scales[n]) ** 2
+                                           for n, t in target.items()))
 
 
 def draw_seed(table: Table, searcher_seed: int, config: dict[str, Any]) -> int:
@@ -150,6 +218,22 @@ def baseline_point() -> dict[str, Any]:
     return {name: load_search_spec(LOCAL_SPACE).points_to_evaluate[0].get(name, defaults[name]) for name in space()}
 
 
+class BudgetStopper(Stopper):
+    """Ends a replayed sweep once its trials have reported ``budget`` trial-steps (counted as
+    :func:`replay_sweep` counts them): no later report could be picked within the budget."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget, self.spent, self._last = budget, 0, {}
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        self.spent += int(result["step"] - self._last.get(trial_id, 0))
+        self._last[trial_id] = result["step"]
+        return False
+
+    def stop_all(self) -> bool:
+        return self.spent >= self.budget
+
+
 def replay_sweep(table: Table, method: str, seed: int, samples: int, storage: Path) -> list[dict[str, float]]:
     """One sweep of ``method``; its reports in arrival order with the trial-steps spent when each arrived."""
     import yaml
@@ -167,7 +251,7 @@ def replay_sweep(table: Table, method: str, seed: int, samples: int, storage: Pa
         "name": name, "storage_path": str(storage), "search_space": "(bench/tabular.py design space)",
         "num_samples": samples * (4 if m.asha else 1), "max_concurrent_trials": 1,
         "trial": {**local["trial"], "max_steps": table.max_steps},
-        "scheduler": local["scheduler"],
+        "scheduler": asha_settings(m.asha or "local", table.max_steps),
         "searcher": {"sampler": m.sampler, "seed": seed, "startup_trials": m.startup_trials},
     }, source="bench/search_replay.py")
     spec = SearchSpec(params=space(), points_to_evaluate=[baseline_point()] if m.baseline else [],
@@ -175,8 +259,10 @@ def replay_sweep(table: Table, method: str, seed: int, samples: int, storage: Pa
     tune_config = make_tune_config(cfg, spec)
     if not m.asha:
         tune_config.scheduler = FIFOScheduler()
+    tune_config.reuse_actors = True  # a replayed trial holds no state: reuse saves only its actor's start-up
     results = tune.Tuner(replay_trainable(table, seed), param_space=spec.params, tune_config=tune_config,
-                         run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0)).fit()
+                         run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0,
+                                                   stop=BudgetStopper(samples * table.max_steps))).fit()
     reports = []
     for result in results:
         frame = result.metrics_dataframe
@@ -217,6 +303,39 @@ def compare(gains: list[float]) -> dict[str, float]:
             "ties": len(valid) - wins - losses, "losses": losses, "p": sign_test(wins, losses)}
 
 
+def digest(path: Path) -> str:
+    """The first 16 hex digits of ``path``'s SHA-256: which table a cached replay was measured on."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+class ReplayCache:
+    """The figures of finished replays, one JSON line each in ``path``, for one table digest and budget: a
+    line measured on another table, with another budget or with a method's settings since changed is not
+    read back."""
+
+    def __init__(self, path: Path, *, table_digest: str, samples: int) -> None:
+        self.path, self._key = path, {"table": table_digest, "samples": samples}
+        self._figures: dict[tuple[str, int], dict[str, float]] = {}
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                record = json.loads(line)
+                if all(record.get(k) == v for k, v in self._key.items()) and record["method"] in METHODS \
+                        and record["settings"] == repr(METHODS[record["method"]]):
+                    self._figures[record["method"], record["seed"]] = record["figures"]
+
+    def get(self, method: str, seed: int) -> dict[str, float] | None:
+        """The figures of ``method`` with searcher ``seed``, if measured."""
+        return self._figures.get((method, seed))
+
+    def put(self, method: str, seed: int, figures: dict[str, float]) -> None:
+        """Record (and append to the file) the figures of ``method`` with searcher ``seed``."""
+        self._figures[method, seed] = figures
+        record = {**self._key, "method": method, "settings": repr(METHODS[method]), "seed": seed,
+                  "figures": figures}
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--table", type=Path, required=True, help="a bench/tabular.py --out folder")
@@ -237,18 +356,29 @@ def main(argv: list[str] | None = None) -> int:
     budget = args.samples * table.max_steps
     budgets = {"1/3": budget // 3, "full": budget}
     print(f"table: {len({c for c, _ in table.curves})} complete configurations x seeds {table.seeds}, "
-          f"{table.max_steps} steps; budget {budget} trial-steps ({args.samples} full trials)", flush=True)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    figures: dict[str, dict[str, list[float]]] = {m: {b: [] for b in budgets} for m in ("random", *args.methods)}
-    with tempfile.TemporaryDirectory() as storage:
-        for seed in args.seeds:
-            for method in figures:
+          f"{table.max_steps} steps; budget {budget} trial-steps ({args.samples} full trials); surrogate "
+          "length-scales " + ", ".join(f"{n} {v:.2f}" for n, v in sorted(table.scales.items(), key=lambda kv: kv[1])),
+          flush=True)
+    cache = ReplayCache(args.table / "replays.jsonl", table_digest=digest(args.table / "table.csv"),
+                        samples=args.samples)
+    methods = ("random", *args.methods)
+    todo = [(seed, method) for seed in args.seeds for method in methods if cache.get(method, seed) is None]
+    print(f"{len(args.seeds) * len(methods) - len(todo)} of {len(args.seeds) * len(methods)} replays cached in "
+          f"{cache.path}", flush=True)
+    if todo:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        with tempfile.TemporaryDirectory() as storage:
+            for seed, method in todo:
                 reports = replay_sweep(table, method, seed, args.samples, Path(storage))
-                for label, b in budgets.items():
-                    figures[method][label].append(pick_test_dice(reports, b))
-            print(f"seed {seed}: " + ", ".join(f"{m} {figures[m]['full'][-1]:.3f}" for m in figures), flush=True)
+                cache.put(method, seed, {label: pick_test_dice(reports, b) for label, b in budgets.items()})
+                print(f"seed {seed} {method}: " + ", ".join(f"{label} {v:.3f}" for label, v in
+                                                            cache.get(method, seed).items()), flush=True)
+        ray.shutdown()
+    figures = {m: {label: [cache.get(m, seed)[label] for seed in args.seeds] for label in budgets} for m in methods}
     print("\n| method | budget | median test Dice | median gain over random | wins / ties / losses | sign test p |")
     print("|---|---|---|---|---|---|")
+    for label in budgets:
+        print(f"| random | {label} | {statistics.median(figures['random'][label]):.4f} | | | |")
     for method in args.methods:
         for label in budgets:
             gains = [a - r for a, r in zip(figures[method][label], figures["random"][label])]

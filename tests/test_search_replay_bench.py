@@ -98,3 +98,53 @@ def test_every_method_is_a_setting_the_sweep_config_accepts():
                                   "searcher": {"sampler": method.sampler, "startup_trials": method.startup_trials}},
                                  source=name)
         assert (cfg.searcher.sampler, cfg.searcher.startup_trials) == (method.sampler, method.startup_trials)
+
+
+def test_the_surrogate_distance_follows_the_knobs_the_table_says_matter(tmp_path):
+    """Where only lr_vision changes the outcome, the fitted length-scales single it out, and a trial's nearest
+    configuration is the one closest in lr_vision, whatever the other knobs say."""
+    points = tabular.design(30, seed=0)
+
+    def curve(c, s):
+        u = search_replay.unit("lr_vision", points[c]["lr_vision"])
+        return [{"step": 400, "val_dice": 0.6 - 0.5 * u + 0.005 * s, "val_ap75": 0, "test_dice": 0.5,
+                 "test_ap75": 0}]
+
+    write_table(tmp_path, points, curve)
+    table = search_replay.read_table(tmp_path)
+    others = [v for n, v in table.scales.items() if n != "lr_vision"]
+    assert table.scales["lr_vision"] * 10 < min(others)
+    for c in range(0, 30, 7):  # point c's lr_vision, every other knob from another point
+        mixed = {**points[(c + 1) % 30], "lr_vision": points[c]["lr_vision"] * 1.01}
+        assert search_replay.nearest(table, mixed) == c
+
+
+def test_a_table_with_nothing_to_learn_weighs_every_knob_alike():
+    assert search_replay.fit_scales([[0.1, 0.2], [0.5, 0.9], [0.7, 0.3]], [0.4, 0.4, 0.4]) == [1.0, 1.0]
+
+
+def test_stage2s_asha_is_scaled_to_the_tables_trial_length():
+    assert search_replay.asha_settings("stage2", 400)["grace_period"] == 80  # 400 of stage2.yaml's 2000 steps
+    assert search_replay.asha_settings("stage2", 400)["reduction_factor"] == 3
+    assert search_replay.asha_settings("local", 400)["grace_period"] == 150  # local.yaml's own length
+
+
+def test_replays_are_cached_per_table_budget_and_method_settings(tmp_path, monkeypatch):
+    path = tmp_path / "replays.jsonl"
+    cache = search_replay.ReplayCache(path, table_digest="aaa", samples=8)
+    cache.put("random", 3, {"1/3": 0.4, "full": 0.5})
+    assert search_replay.ReplayCache(path, table_digest="aaa", samples=8).get("random", 3) == {"1/3": 0.4, "full": 0.5}
+    assert search_replay.ReplayCache(path, table_digest="bbb", samples=8).get("random", 3) is None
+    assert search_replay.ReplayCache(path, table_digest="aaa", samples=16).get("random", 3) is None
+    monkeypatch.setitem(search_replay.METHODS, "random", search_replay.Method("random", asha="local"))
+    assert search_replay.ReplayCache(path, table_digest="aaa", samples=8).get("random", 3) is None
+
+
+def test_a_replay_ends_when_its_budget_is_spent():
+    stopper = search_replay.BudgetStopper(300)
+    assert not stopper("a", {"step": 100}) and not stopper.stop_all()
+    stopper("a", {"step": 200})
+    stopper("b", {"step": 50})
+    assert not stopper.stop_all()  # 250 of 300
+    stopper("b", {"step": 100})
+    assert stopper.stop_all()
