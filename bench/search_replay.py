@@ -56,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ray.tune.stopper import Stopper  # noqa: E402
 
+from bench.common import append_benchmark  # noqa: E402
 from bench.tabular import LOCAL_CONFIG, LOCAL_SPACE, is_log_scale, space  # noqa: E402
 
 Curve = list[dict[str, float]]
@@ -314,12 +315,12 @@ class ReplayCache:
     read back."""
 
     def __init__(self, path: Path, *, table_digest: str, samples: int) -> None:
-        self.path, self._key = path, {"table": table_digest, "samples": samples}
+        self.path, self.key = path, {"table": table_digest, "samples": samples}
         self._figures: dict[tuple[str, int], dict[str, float]] = {}
         if path.is_file():
             for line in path.read_text(encoding="utf-8").splitlines():
                 record = json.loads(line)
-                if all(record.get(k) == v for k, v in self._key.items()) and record["method"] in METHODS \
+                if all(record.get(k) == v for k, v in self.key.items()) and record["method"] in METHODS \
                         and record["settings"] == repr(METHODS[record["method"]]):
                     self._figures[record["method"], record["seed"]] = record["figures"]
 
@@ -330,7 +331,7 @@ class ReplayCache:
     def put(self, method: str, seed: int, figures: dict[str, float]) -> None:
         """Record (and append to the file) the figures of ``method`` with searcher ``seed``."""
         self._figures[method, seed] = figures
-        record = {**self._key, "method": method, "settings": repr(METHODS[method]), "seed": seed,
+        record = {**self.key, "method": method, "settings": repr(METHODS[method]), "seed": seed,
                   "figures": figures}
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
@@ -366,25 +367,35 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(args.seeds) * len(methods) - len(todo)} of {len(args.seeds) * len(methods)} replays cached in "
           f"{cache.path}", flush=True)
     if todo:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        started = not ray.is_initialized()  # a caller's Ray (a test's) is used as it is
+        if started:
+            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         with tempfile.TemporaryDirectory() as storage:
             for seed, method in todo:
                 reports = replay_sweep(table, method, seed, args.samples, Path(storage))
                 cache.put(method, seed, {label: pick_test_dice(reports, b) for label, b in budgets.items()})
                 print(f"seed {seed} {method}: " + ", ".join(f"{label} {v:.3f}" for label, v in
                                                             cache.get(method, seed).items()), flush=True)
-        ray.shutdown()
+        if started:
+            ray.shutdown()
     figures = {m: {label: [cache.get(m, seed)[label] for seed in args.seeds] for label in budgets} for m in methods}
-    print("\n| method | budget | median test Dice | median gain over random | wins / ties / losses | sign test p |")
-    print("|---|---|---|---|---|---|")
-    for label in budgets:
-        print(f"| random | {label} | {statistics.median(figures['random'][label]):.4f} | | | |")
+    lines = ["| method | budget | median test Dice | median gain over random | wins / ties / losses | sign test p |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| random | {label} | {statistics.median(figures['random'][label]):.4f} | | | |" for label in budgets]
     for method in args.methods:
         for label in budgets:
-            gains = [a - r for a, r in zip(figures[method][label], figures["random"][label])]
-            c = compare(gains)
-            print(f"| {method} | {label} | {statistics.median(figures[method][label]):.4f} | {c['median']:+.4f} | "
-                  f"{c['wins']} / {c['ties']} / {c['losses']} | {c['p']:.3g} |")
+            c = compare([a - r for a, r in zip(figures[method][label], figures["random"][label])])
+            lines.append(f"| {method} | {label} | {statistics.median(figures[method][label]):.4f} | "
+                         f"{c['median']:+.4f} | {c['wins']} / {c['ties']} / {c['losses']} | {c['p']:.3g} |")
+    table_text = "\n".join(lines) + (
+        f"\n\nTable {args.table} (digest {cache.key['table']}): {len({c for c, _ in table.curves})} complete "
+        f"configurations x training seeds {table.seeds}, {table.max_steps} steps; budget {budget} trial-steps "
+        f"({args.samples} full trials), 1/3 = {budgets['1/3']}; {len(args.seeds)} searcher seeds "
+        f"({min(args.seeds)}-{max(args.seeds)}); test Dice of each method's pick, paired with random's by seed.")
+    print("\n" + table_text)
+    append_benchmark(f"Search replay: {args.samples} full trials of budget, {len(args.seeds)} searcher seeds",
+                     "python bench/search_replay.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                     table_text)
     return 0
 
 

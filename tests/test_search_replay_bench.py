@@ -61,9 +61,10 @@ def test_the_sign_test_and_the_summary():
     assert summary["median"] == pytest.approx(0.05)
 
 
-def test_replayed_sweeps_through_the_sweeps_tune_config(tmp_path):
+def test_replayed_sweeps_through_the_sweeps_tune_config(tmp_path, monkeypatch):
     """Random and ASHA + TPE sweeps replay the table through Ray Tune: every report carries a spent budget, the
-    ASHA sweep stops some trials at its rung, and the picks' test Dice come from the table."""
+    ASHA sweep stops some trials at its rung, and the picks' test Dice come from the table. The command caches
+    each replay's figures (a rerun replays nothing) and logs its table."""
     import ray
 
     points = tabular.design(8, seed=0)
@@ -79,6 +80,12 @@ def test_replayed_sweeps_through_the_sweeps_tune_config(tmp_path):
         random = search_replay.replay_sweep(table, "random", 0, 3, tmp_path / "s")
         asha = search_replay.replay_sweep(table, "asha+tpe", 0, 3, tmp_path / "s")
         with_baseline = search_replay.replay_sweep(table, "asha+tpe+baseline", 0, 1, tmp_path / "s")
+        logged = []
+        monkeypatch.setattr(search_replay, "append_benchmark", lambda *args: logged.append(args))
+        command = ["--table", str(tmp_path / "t"), "--seeds", "0", "1", "--samples", "1", "--methods", "asha+tpe"]
+        assert search_replay.main(command) == 0
+        monkeypatch.setattr(search_replay, "replay_sweep", lambda *args: pytest.fail("replayed a cached sweep"))
+        assert search_replay.main(command) == 0
     finally:
         ray.shutdown()
     assert [r["spent"] for r in random] == sorted(r["spent"] for r in random) and random[-1]["spent"] == 3 * 400
@@ -88,6 +95,10 @@ def test_replayed_sweeps_through_the_sweeps_tune_config(tmp_path):
     assert len(asha_trials) > 3  # ASHA stopped some at step 150, so more trials fit the same budget
     assert any(max(r["step"] for r in asha if r["trial_id"] == t) == 150 for t in asha_trials)
     assert with_baseline[0]["config_id"] == search_replay.nearest(table, search_replay.baseline_point())
+    records = [json.loads(line) for line in (tmp_path / "t" / "replays.jsonl").read_text().splitlines()]
+    assert sorted((r["method"], r["seed"]) for r in records) == [("asha+tpe", 0), ("asha+tpe", 1), ("random", 0),
+                                                                  ("random", 1)]
+    assert len(logged) == 2 and "| asha+tpe | full |" in logged[0][2] and "2 searcher seeds" in logged[0][0]
 
 
 def test_every_method_is_a_setting_the_sweep_config_accepts():
