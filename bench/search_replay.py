@@ -84,6 +84,7 @@ METHODS = {
     "asha+tpe-startup4": Method("tpe", asha="local", startup_trials=4),
     "tpe-startup4": Method("tpe", asha=None, startup_trials=4),
     "stage2-asha+tpe": Method("tpe", asha="stage2"),  # stage2.yaml's default
+    "stage2-asha+tpe-startup4": Method("tpe", asha="stage2", startup_trials=4),
 }
 SWEEP_CONFIGS = {"local": LOCAL_CONFIG, "stage2": LOCAL_CONFIG.with_name("stage2.yaml")}
 
@@ -304,6 +305,35 @@ def compare(gains: list[float]) -> dict[str, float]:
             "ties": len(valid) - wins - losses, "losses": losses, "p": sign_test(wins, losses)}
 
 
+def landscape(table: Table) -> str:
+    """What a searcher meets, in one paragraph: the spread of the configurations' best val Dice, the noise
+    between training seeds, how well an early validation ranks the configurations (what ASHA's rungs see) and
+    how well val Dice ranks them on the test split."""
+    from scipy.stats import spearmanr
+
+    configs = sorted({c for c, _ in table.curves})
+    best = {k: max(r["val_dice"] for r in curve) for k, curve in table.curves.items()}
+    mean_best = [statistics.fmean(best[c, s] for s in table.seeds) for c in configs]
+    picked_test = [statistics.fmean([r for r in table.curves[c, s] if r["val_dice"] == best[c, s]][-1]["test_dice"]
+                                    for s in table.seeds) for c in configs]
+
+    def val_dice_at(step: float) -> list[float]:
+        return [statistics.fmean(r["val_dice"] for s in table.seeds for r in table.curves[c, s] if r["step"] == step)
+                for c in configs]
+
+    steps = [r["step"] for r in table.curves[configs[0], table.seeds[0]]][:-1]
+    early = ", ".join(f"{step:.0f} {spearmanr(val_dice_at(step), mean_best)[0]:.2f}" for step in steps)
+    text = (f"Best val Dice of a configuration (mean over its seeds): min {min(mean_best):.3f}, median "
+            f"{statistics.median(mean_best):.3f}, max {max(mean_best):.3f}. Spearman with the test Dice of the same "
+            f"checkpoints {spearmanr(mean_best, picked_test)[0]:.2f}; of the val Dice at step s with the best: "
+            f"{early}.")
+    if len(table.seeds) > 1:
+        spread = [max(best[c, s] for s in table.seeds) - min(best[c, s] for s in table.seeds) for c in configs]
+        text += (f" Between training seeds a configuration's best val Dice differs by {statistics.median(spread):.3f} "
+                 f"(median; max {max(spread):.3f}).")
+    return text
+
+
 def digest(path: Path) -> str:
     """The first 16 hex digits of ``path``'s SHA-256: which table a cached replay was measured on."""
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
@@ -391,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
         f"\n\nTable {args.table} (digest {cache.key['table']}): {len({c for c, _ in table.curves})} complete "
         f"configurations x training seeds {table.seeds}, {table.max_steps} steps; budget {budget} trial-steps "
         f"({args.samples} full trials), 1/3 = {budgets['1/3']}; {len(args.seeds)} searcher seeds "
-        f"({min(args.seeds)}-{max(args.seeds)}); test Dice of each method's pick, paired with random's by seed.")
+        f"({min(args.seeds)}-{max(args.seeds)}); test Dice of each method's pick, paired with random's by seed. "
+        f"{landscape(table)}")
     print("\n" + table_text)
     append_benchmark(f"Search replay: {args.samples} full trials of budget, {len(args.seeds)} searcher seeds",
                      "python bench/search_replay.py " + " ".join(argv if argv is not None else sys.argv[1:]),

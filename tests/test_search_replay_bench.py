@@ -159,3 +159,14 @@ def test_a_replay_ends_when_its_budget_is_spent():
     assert not stopper.stop_all()  # 250 of 300
     stopper("b", {"step": 100})
     assert stopper.stop_all()
+
+
+def test_the_landscape_paragraph_names_spread_seed_noise_and_rung_rankings(tmp_path):
+    points = tabular.design(5, seed=0)
+    write_table(tmp_path, points, lambda c, s: [
+        {"step": step, "val_dice": (c + 1) / 10 * step / 100 + 0.02 * s, "val_ap75": 0,
+         "test_dice": (c + 1) / 10 * step / 100, "test_ap75": 0} for step in (50, 100)])
+    text = search_replay.landscape(search_replay.read_table(tmp_path))
+    assert "min 0.110, median 0.310, max 0.510" in text  # (c + 1) / 10 plus half of the seed offset
+    assert "of the val Dice at step s with the best: 50 1.00." in text
+    assert "differs by 0.020 (median; max 0.020)" in text
