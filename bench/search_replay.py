@@ -116,7 +116,24 @@ class Table:
 
     @property
     def max_steps(self) -> int:
-        return int(min(curve[-1]["step"] for curve in self.curves.values()))
+        """The trials' length (a diverged run's curve ends sooner, as its trial did)."""
+        return int(max(curve[-1]["step"] for curve in self.curves.values()))
+
+
+def picked(rows: list[dict[str, float]]) -> dict[str, float] | None:
+    """The row the sweep's selection rule (``sweeps/results.py``) picks: the highest val Dice, the last of equals,
+    among rows that have one (a diverged run's last row has none); None if none has."""
+    finite = [r for r in rows if math.isfinite(r["val_dice"])]
+    if not finite:
+        return None
+    best = max(r["val_dice"] for r in finite)
+    return [r for r in finite if r["val_dice"] == best][-1]
+
+
+def best_val_dice(rows: list[dict[str, float]]) -> float:
+    """The val Dice of the row :func:`picked` picks; 0 if there is none."""
+    row = picked(rows)
+    return row["val_dice"] if row else 0.0
 
 
 def read_table(folder: Path) -> Table:
@@ -132,7 +149,7 @@ def read_table(folder: Path) -> Table:
     complete = sorted(c for c in range(len(points)) if all((c, s) in curves for s in seeds))
     curves = {k: sorted(v, key=lambda r: r["step"]) for k, v in curves.items() if k[0] in complete}
     names = sorted(points[0])
-    best = [statistics.fmean(max(r["val_dice"] for r in curves[c, s]) for s in seeds) for c in complete]
+    best = [statistics.fmean(best_val_dice(curves[c, s]) for s in seeds) for c in complete]
     scales = fit_scales([[unit(n, points[c][n]) for n in names] for c in complete], best)
     return Table(points, curves, dict(zip(names, scales)))
 
@@ -282,12 +299,9 @@ def replay_sweep(table: Table, method: str, seed: int, samples: int, storage: Pa
 
 
 def pick_test_dice(reports: list[dict[str, float]], budget: int) -> float:
-    """The test Dice of the sweep's pick within ``budget``: the highest val Dice, the last of equals."""
-    within = [r for r in reports if r["spent"] <= budget]
-    if not within:
-        return math.nan
-    best = max(r["val_dice"] for r in within)
-    return [r for r in within if r["val_dice"] == best][-1]["test_dice"]
+    """The test Dice of the sweep's pick (:func:`picked`) among the reports within ``budget``; nan if none."""
+    row = picked([r for r in reports if r["spent"] <= budget])
+    return row["test_dice"] if row else math.nan
 
 
 def sign_test(wins: int, losses: int) -> float:
@@ -312,9 +326,9 @@ def landscape(table: Table) -> str:
     from scipy.stats import spearmanr
 
     configs = sorted({c for c, _ in table.curves})
-    best = {k: max(r["val_dice"] for r in curve) for k, curve in table.curves.items()}
+    best = {k: best_val_dice(curve) for k, curve in table.curves.items()}
     mean_best = [statistics.fmean(best[c, s] for s in table.seeds) for c in configs]
-    picked_test = [statistics.fmean([r for r in table.curves[c, s] if r["val_dice"] == best[c, s]][-1]["test_dice"]
+    picked_test = [statistics.fmean((picked(table.curves[c, s]) or {"test_dice": math.nan})["test_dice"]
                                     for s in table.seeds) for c in configs]
 
     def val_dice_at(step: float) -> list[float]:

@@ -170,3 +170,20 @@ def test_the_landscape_paragraph_names_spread_seed_noise_and_rung_rankings(tmp_p
     assert "min 0.110, median 0.310, max 0.510" in text  # (c + 1) / 10 plus half of the seed offset
     assert "of the val Dice at step s with the best: 50 1.00." in text
     assert "differs by 0.020 (median; max 0.020)" in text
+
+
+def test_a_diverged_run_ends_early_and_its_last_row_is_never_picked(tmp_path):
+    points = tabular.design(3, seed=0)
+
+    def curve(c, s):
+        rows = [{"step": step, "val_dice": 0.1 * step / 100, "val_ap75": 0, "test_dice": 0.1, "test_ap75": 0}
+                for step in (100, 200)]
+        return rows[:1] + [{"step": 150, "val_dice": math.nan, "val_ap75": math.nan, "test_dice": math.nan,
+                            "test_ap75": math.nan}] if c == 2 else rows
+
+    write_table(tmp_path, points, curve)
+    table = search_replay.read_table(tmp_path)
+    assert table.max_steps == 200  # the trials' length, not the diverged run's
+    assert search_replay.best_val_dice(table.curves[2, 0]) == pytest.approx(0.1)
+    reports = [{**r, "spent": r["step"]} for r in table.curves[2, 0]]
+    assert search_replay.pick_test_dice(reports, 200) == 0.1
