@@ -9,10 +9,9 @@ training noise between seeds is part of what the searcher meets.
 Surrogate: the **nearest design configuration** under a distance fitted to the table, not a fitted model of the
 curves: it returns only curves that were trained, with their real val/test pairing and their noise, where a fitted
 model would smooth exactly the noise the comparison must include. The distance is what makes the landscape a
-searcher meets resemble the measured one: 48 points over 10 knobs, of which few matter (on seed 0's first 35
-configurations only ``lr_vision`` and ``loss_bbox`` correlated with the best val Dice at p < 0.05), so a plain
-Euclidean nearest point is decided mostly by the knobs that do not matter, and a searcher that learns "low
-``lr_vision``" would be handed a random point's curve. Each knob's distance is divided by its length-scale in a
+searcher meets resemble the measured one: 48 points over 10 knobs, of which few matter (the fitted scales are
+printed and logged), so a plain Euclidean nearest point is decided mostly by the knobs that do not matter, and a
+searcher that has learnt the right learning rates would be handed a random point's curve. Each knob's distance is divided by its length-scale in a
 Gaussian process (ARD squared-exponential kernel plus noise, hyperparameters by maximum marginal likelihood)
 fitted to each configuration's best val Dice averaged over its seeds (:func:`fit_scales`): a knob the table says
 does not matter gets a long scale and barely moves the nearest point.
