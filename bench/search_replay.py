@@ -8,13 +8,13 @@ training noise between seeds is part of what the searcher meets.
 
 Surrogate: the **nearest design configuration** under a distance fitted to the table, not a fitted model of the
 curves: it returns only curves that were trained, with their real val/test pairing and their noise, where a fitted
-model would smooth exactly the noise the comparison must include. The distance is what makes the landscape a
-searcher meets resemble the measured one: 48 points over 10 knobs, of which few matter (the fitted scales are
-printed and logged), so a plain Euclidean nearest point is decided mostly by the knobs that do not matter, and a
-searcher that has learnt the right learning rates would be handed a random point's curve. Each knob's distance is divided by its length-scale in a
-Gaussian process (ARD squared-exponential kernel plus noise, hyperparameters by maximum marginal likelihood)
-fitted to each configuration's best val Dice averaged over its seeds (:func:`fit_scales`): a knob the table says
-does not matter gets a long scale and barely moves the nearest point.
+model would smooth exactly the noise the comparison must include. The distance is what makes the landscape a searcher
+meets resemble the measured one: 48 points over 10 knobs, of which few matter (the fitted scales are printed and
+logged), so a plain Euclidean nearest point is decided mostly by the knobs that do not matter, and a searcher that has
+learnt the right learning rates would be handed a random point's curve. Each knob's distance is divided by its length-
+scale in a Gaussian process (ARD squared-exponential kernel plus noise, hyperparameters by maximum marginal
+likelihood) fitted to each configuration's best val Dice averaged over its seeds (:func:`fit_scales`): a knob the
+table says does not matter gets a long scale and barely moves the nearest point.
 
 Budget: ``--samples`` x max_steps trial-steps (random search's ``--samples`` full trials), counted in the order
 reports arrive; a method is judged at a third of it and at all of it. Its **pick** is the sweep's selection rule
@@ -399,10 +399,10 @@ def main(argv: list[str] | None = None) -> int:
     table = read_table(args.table)
     budget = args.samples * table.max_steps
     budgets = {"1/3": budget // 3, "full": budget}
+    scales = ", ".join(f"{n} {v:.2f}" for n, v in sorted(table.scales.items(), key=lambda kv: kv[1]))
     print(f"table: {len({c for c, _ in table.curves})} complete configurations x seeds {table.seeds}, "
           f"{table.max_steps} steps; budget {budget} trial-steps ({args.samples} full trials); surrogate "
-          "length-scales " + ", ".join(f"{n} {v:.2f}" for n, v in sorted(table.scales.items(), key=lambda kv: kv[1])),
-          flush=True)
+          f"length-scales {scales}", flush=True)
     cache = ReplayCache(args.table / "replays.jsonl", table_digest=digest(args.table / "table.csv"),
                         samples=args.samples)
     methods = ("random", *args.methods)
@@ -435,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         f"configurations x training seeds {table.seeds}, {table.max_steps} steps; budget {budget} trial-steps "
         f"({args.samples} full trials), 1/3 = {budgets['1/3']}; {len(args.seeds)} searcher seeds "
         f"({min(args.seeds)}-{max(args.seeds)}); test Dice of each method's pick, paired with random's by seed. "
-        f"{landscape(table)}")
+        f"{landscape(table)} Surrogate length-scales: {scales}.")
     print("\n" + table_text)
     append_benchmark(f"Search replay: {args.samples} full trials of budget, {len(args.seeds)} searcher seeds",
                      "python bench/search_replay.py " + " ".join(argv if argv is not None else sys.argv[1:]),
