@@ -11,8 +11,8 @@ curves: it returns only curves that were trained, with their real val/test pairi
 model would smooth exactly the noise the comparison must include. The distance is what makes the landscape a searcher
 meets resemble the measured one: 48 points over 10 knobs, of which few matter (the fitted scales are printed and
 logged), so a plain Euclidean nearest point is decided mostly by the knobs that do not matter, and a searcher that has
-learnt the right learning rates would be handed a random point's curve. Each knob's distance is divided by its length-
-scale in a Gaussian process (ARD squared-exponential kernel plus noise, hyperparameters by maximum marginal
+learnt the right learning rates would be handed a random point's curve. Each knob's distance is divided by its
+length-scale in a Gaussian process (ARD squared-exponential kernel plus noise, hyperparameters by maximum marginal
 likelihood) fitted to each configuration's best val Dice averaged over its seeds (:func:`fit_scales`): a knob the
 table says does not matter gets a long scale and barely moves the nearest point.
 
