@@ -237,10 +237,10 @@ def baseline_point() -> dict[str, Any]:
 
 
 class BudgetStopper(Stopper):
-    """Ends a replayed sweep once its trials have reported ``budget`` trial-steps (counted as
-    :func:`replay_sweep` counts them): no later report could be picked within the budget."""
+    """Ends a replayed sweep once its trials have reported ``budget`` trial-steps (``spent``: each report adds the
+    steps its trial made since its previous report): no later report could be picked within the budget."""
 
-    def __init__(self, budget: int) -> None:
+    def __init__(self, budget: float) -> None:
         self.budget, self.spent, self._last = budget, 0, {}
 
     def __call__(self, trial_id: str, result: dict) -> bool:
@@ -288,12 +288,10 @@ def replay_sweep(table: Table, method: str, seed: int, samples: int, storage: Pa
             columns = ["trial_id", "config_id", "train_seed", "step", "val_dice", "test_dice", "reported_ns"]
             reports += frame[columns].to_dict("records")
     reports.sort(key=lambda r: r["reported_ns"])
-    last: dict[str, float] = {}
-    spent = 0
+    counter = BudgetStopper(math.inf)  # the same count of trial-steps, in arrival order
     for r in reports:
-        spent += int(r["step"] - last.get(r["trial_id"], 0))
-        last[r["trial_id"]] = r["step"]
-        r["spent"] = spent
+        counter(r["trial_id"], r)
+        r["spent"] = counter.spent
     return reports
 
 
