@@ -323,10 +323,10 @@ def landscape(table: Table) -> str:
     from scipy.stats import spearmanr
 
     configs = sorted({c for c, _ in table.curves})
-    best = {k: best_val_dice(curve) for k, curve in table.curves.items()}
+    picks = {k: picked(curve) or {"val_dice": 0.0, "test_dice": math.nan} for k, curve in table.curves.items()}
+    best = {k: row["val_dice"] for k, row in picks.items()}
     mean_best = [statistics.fmean(best[c, s] for s in table.seeds) for c in configs]
-    picked_test = [statistics.fmean((picked(table.curves[c, s]) or {"test_dice": math.nan})["test_dice"]
-                                    for s in table.seeds) for c in configs]
+    picked_test = [statistics.fmean(picks[c, s]["test_dice"] for s in table.seeds) for c in configs]
 
     def val_dice_at(step: float) -> list[float]:
         return [statistics.fmean(r["val_dice"] for s in table.seeds for r in table.curves[c, s] if r["step"] == step)
