@@ -5,6 +5,9 @@ its trial's newest checkpoint only (:class:`trainables.train_loop.RayReporter`),
 checkpoint has none. A trial that ends otherwise (stopped early by ASHA, or diverged) would keep one
 forever although Tune never resumes it: when Tune reports a trial complete, this callback removes the trainer
 state from every checkpoint of its Train run. An errored trial keeps it (``--resume`` retries it).
+
+Tune reports a trial complete before it stops the trial's actor, so a trial stopped early can persist one more
+checkpoint after that; the callback looks again at the end of the sweep, when Tune has stopped every actor.
 """
 
 from __future__ import annotations
@@ -43,12 +46,21 @@ class DropStateOfEndedTrials(Callback):
 
     def __init__(self, cfg: SweepConfig) -> None:
         self.train_runs, self.sweep_name = cfg.train_runs, cfg.name
+        self.ended: list[str] = []  # trial ids, in the order Tune reported them complete
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        self.ended.append(trial.trial_id)
+        self._drop(trial.trial_id)
+
+    def on_experiment_end(self, trials: list, **info) -> None:
+        for trial_id in self.ended:  # a checkpoint persisted between "complete" and the actor's stop
+            self._drop(trial_id)
+
+    def _drop(self, trial_id: str) -> None:
         try:
-            removed = drop_state_of_train_run(self.train_runs, train_run_name(self.sweep_name, trial.trial_id))
+            removed = drop_state_of_train_run(self.train_runs, train_run_name(self.sweep_name, trial_id))
         except OSError as error:  # disk space is not worth failing a sweep over
-            log.warning("trial %s: could not remove its optimizer state: %s", trial.trial_id, error)
+            log.warning("trial %s: could not remove its optimizer state: %s", trial_id, error)
             return
         if removed:
-            log.info("trial %s ended: removed the optimizer state of %d checkpoint(s)", trial.trial_id, removed)
+            log.info("trial %s ended: removed the optimizer state of %d checkpoint(s)", trial_id, removed)
