@@ -90,7 +90,7 @@ SWEEP_CONFIGS = {"local": LOCAL_CONFIG, "stage2": LOCAL_CONFIG.with_name("stage2
 
 def asha_settings(source: str, max_steps: int) -> dict[str, Any]:
     """The ``scheduler`` block of sweep config ``source`` for trials of ``max_steps``: its grace period scaled
-    from the config's ``trial.max_steps`` (stage2.yaml: 400 of 2000 steps becomes 80 of 400; ASHA decides a rung
+    from the config's ``trial.max_steps`` (stage2.yaml: 750 of 2000 steps becomes 150 of 400; ASHA decides a rung
     at the first report at or past it), its reduction factor and metric as they are."""
     import yaml
 
@@ -98,6 +98,13 @@ def asha_settings(source: str, max_steps: int) -> dict[str, Any]:
     block = dict(raw["scheduler"])
     block["grace_period"] = max(1, round(block["grace_period"] * max_steps / raw["trial"]["max_steps"]))
     return block
+
+
+def method_settings(method: str, max_steps: int) -> str:
+    """What a cached replay of ``method`` was measured with: its :class:`Method` and, with ASHA, the scheduler
+    block read from its sweep config now (so an edited ``stage2.yaml`` is replayed again)."""
+    m = METHODS[method]
+    return repr(m) + (f" {asha_settings(m.asha, max_steps)!r}" if m.asha else "")
 
 
 @dataclass(frozen=True)
@@ -352,17 +359,18 @@ def digest(path: Path) -> str:
 
 class ReplayCache:
     """The figures of finished replays, one JSON line each in ``path``, for one table digest and budget: a
-    line measured on another table, with another budget or with a method's settings since changed is not
-    read back."""
+    line measured on another table, with another budget or with a method's settings since changed
+    (:func:`method_settings`, for trials of ``max_steps``) is not read back."""
 
-    def __init__(self, path: Path, *, table_digest: str, samples: int) -> None:
+    def __init__(self, path: Path, *, table_digest: str, samples: int, max_steps: int) -> None:
         self.path, self.key = path, {"table": table_digest, "samples": samples}
+        self.max_steps = max_steps
         self._figures: dict[tuple[str, int], dict[str, float]] = {}
         if path.is_file():
             for line in path.read_text(encoding="utf-8").splitlines():
                 record = json.loads(line)
                 if all(record.get(k) == v for k, v in self.key.items()) and record["method"] in METHODS \
-                        and record["settings"] == repr(METHODS[record["method"]]):
+                        and record["settings"] == method_settings(record["method"], max_steps):
                     self._figures[record["method"], record["seed"]] = record["figures"]
 
     def get(self, method: str, seed: int) -> dict[str, float] | None:
@@ -372,7 +380,7 @@ class ReplayCache:
     def put(self, method: str, seed: int, figures: dict[str, float]) -> None:
         """Record (and append to the file) the figures of ``method`` with searcher ``seed``."""
         self._figures[method, seed] = figures
-        record = {**self.key, "method": method, "settings": repr(METHODS[method]), "seed": seed,
+        record = {**self.key, "method": method, "settings": method_settings(method, self.max_steps), "seed": seed,
                   "figures": figures}
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
@@ -402,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{table.max_steps} steps; budget {budget} trial-steps ({args.samples} full trials); surrogate "
           f"length-scales {scales}", flush=True)
     cache = ReplayCache(args.table / "replays.jsonl", table_digest=digest(args.table / "table.csv"),
-                        samples=args.samples)
+                        samples=args.samples, max_steps=table.max_steps)
     methods = ("random", *args.methods)
     todo = [(seed, method) for seed in args.seeds for method in methods if cache.get(method, seed) is None]
     print(f"{len(args.seeds) * len(methods) - len(todo)} of {len(args.seeds) * len(methods)} replays cached in "
@@ -428,12 +436,15 @@ def main(argv: list[str] | None = None) -> int:
             c = compare([a - r for a, r in zip(figures[method][label], figures["random"][label])])
             lines.append(f"| {method} | {label} | {statistics.median(figures[method][label]):.4f} | "
                          f"{c['median']:+.4f} | {c['wins']} / {c['ties']} / {c['losses']} | {c['p']:.3g} |")
+    asha_used = "; ".join(f"{source} grace_period {a['grace_period']}, reduction_factor {a['reduction_factor']}"
+                          for source in sorted({METHODS[m].asha for m in args.methods} - {None})
+                          for a in [asha_settings(source, table.max_steps)]) or "none"
     table_text = "\n".join(lines) + (
         f"\n\nTable {args.table} (digest {cache.key['table']}): {len({c for c, _ in table.curves})} complete "
         f"configurations x training seeds {table.seeds}, {table.max_steps} steps; budget {budget} trial-steps "
         f"({args.samples} full trials), 1/3 = {budgets['1/3']}; {len(args.seeds)} searcher seeds "
         f"({min(args.seeds)}-{max(args.seeds)}); test Dice of each method's pick, paired with random's by seed. "
-        f"{landscape(table)} Surrogate length-scales: {scales}.")
+        f"ASHA as replayed: {asha_used}. {landscape(table)} Surrogate length-scales: {scales}.")
     print("\n" + table_text)
     append_benchmark(f"Search replay: {args.samples} full trials of budget, {len(args.seeds)} searcher seeds",
                      "python bench/search_replay.py " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -135,20 +135,26 @@ def test_a_table_with_nothing_to_learn_weighs_every_knob_alike():
 
 
 def test_stage2s_asha_is_scaled_to_the_tables_trial_length():
-    assert search_replay.asha_settings("stage2", 400)["grace_period"] == 80  # 400 of stage2.yaml's 2000 steps
-    assert search_replay.asha_settings("stage2", 400)["reduction_factor"] == 3
+    assert search_replay.asha_settings("stage2", 400)["grace_period"] == 150  # 750 of stage2.yaml's 2000 steps
+    assert search_replay.asha_settings("stage2", 400)["reduction_factor"] == 4
     assert search_replay.asha_settings("local", 400)["grace_period"] == 150  # local.yaml's own length
 
 
 def test_replays_are_cached_per_table_budget_and_method_settings(tmp_path, monkeypatch):
     path = tmp_path / "replays.jsonl"
-    cache = search_replay.ReplayCache(path, table_digest="aaa", samples=8)
-    cache.put("random", 3, {"1/3": 0.4, "full": 0.5})
-    assert search_replay.ReplayCache(path, table_digest="aaa", samples=8).get("random", 3) == {"1/3": 0.4, "full": 0.5}
-    assert search_replay.ReplayCache(path, table_digest="bbb", samples=8).get("random", 3) is None
-    assert search_replay.ReplayCache(path, table_digest="aaa", samples=16).get("random", 3) is None
+    def cache(digest="aaa", samples=8):
+        return search_replay.ReplayCache(path, table_digest=digest, samples=samples, max_steps=400)
+
+    cache().put("random", 3, {"1/3": 0.4, "full": 0.5})
+    cache().put("stage2-asha+tpe", 3, {"1/3": 0.4, "full": 0.6})
+    assert cache().get("random", 3) == {"1/3": 0.4, "full": 0.5}
+    assert cache("bbb").get("random", 3) is None and cache(samples=16).get("random", 3) is None
     monkeypatch.setitem(search_replay.METHODS, "random", search_replay.Method("random", asha="local"))
-    assert search_replay.ReplayCache(path, table_digest="aaa", samples=8).get("random", 3) is None
+    assert cache().get("random", 3) is None
+    assert cache().get("stage2-asha+tpe", 3) == {"1/3": 0.4, "full": 0.6}
+    edited = {**search_replay.asha_settings("stage2", 400), "grace_period": 1}  # stage2.yaml's rung moved
+    monkeypatch.setattr(search_replay, "asha_settings", lambda source, max_steps: edited)
+    assert cache().get("stage2-asha+tpe", 3) is None
 
 
 def test_a_replay_ends_when_its_budget_is_spent():
