@@ -5,13 +5,13 @@ Schema (every section but ``name``, ``storage_path``, ``search_space`` and ``tri
     name: stage2-cass                 # the Tune experiment name; also names the Optuna study by default
     storage_path: /data/sweeps        # local path or a pyarrow URI (s3://bucket/prefix, gs://...)
     search_space: search_spaces/stage2.yaml
-    num_samples: 48
+    num_samples: 34
     max_concurrent_trials: null       # null: GPUs (or CPUs) the cluster can grow to / what one trial needs
     trial: {preset: full, resolution: 672, max_steps: 2000, num_workers: 2, use_gpu: true, ...}
     dataset:                          # optional: fills trial.train_json / val_json / images_dir
       dir: data/cass                  # <dir>/images, <dir>/annotations/{train,val}.json
       synthetic: {train: 8, val: 4, size: 224, seed: 0}   # generate <dir> if it is absent
-    scheduler: {grace_period: 200, reduction_factor: 3}  # ASHA on val_dice (max), time = "step"
+    scheduler: {grace_period: 750, reduction_factor: 4}  # ASHA on val_dice (max), time = "step"
     searcher: {sampler: tpe, seed: 0, startup_trials: 10, storage: null, study_name: null}
     failure: {max_failures: 2}
     checkpoint: {num_to_keep: 2}      # kept by val_dice (max)

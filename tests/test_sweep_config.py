@@ -53,7 +53,7 @@ def test_stage2_config_is_the_full_model_one_gpu_per_trial_two_images_per_step_f
     assert t.checkpoint and cfg.dataset.synthetic is None and cfg.ray.address == "auto"
     rungs = [cfg.scheduler.grace_period * cfg.scheduler.reduction_factor ** k for k in range(3)]
     rungs = [r for r in rungs if r < t.max_steps]
-    assert rungs == [400, 1200] and all(r % t.val_every == 0 for r in rungs)  # ASHA decides on fresh reports
+    assert rungs == [750] and all(r % t.val_every == 0 for r in rungs)  # ASHA decides on fresh reports
 
 
 def test_defaults_fill_every_optional_section():

@@ -251,7 +251,7 @@ def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path, capsys):
 
 def test_a_disk_too_small_for_the_sweeps_checkpoints_is_refused_with_the_figure_and_what_shrinks_it(
         tmp_path, monkeypatch):
-    """Stage 2's shipped sweep keeps 2 checkpoints of each of 48 trials, each the model without its frozen text
+    """Stage 2's shipped sweep keeps 2 checkpoints of each of its trials, each the model without its frozen text
     encoder (shared with the starting checkpoint); AdamW's state only in the newest checkpoint of a running trial
     (and the one being written)."""
     import shutil
@@ -269,13 +269,13 @@ def test_a_disk_too_small_for_the_sweeps_checkpoints_is_refused_with_the_figure_
     trained = full.parameters - full.text_encoder
     assert budget.model_bytes == pytest.approx(full.native_bytes - full.text_encoder_bytes, rel=0.03)
     assert budget.state_bytes == pytest.approx(8 * trained, rel=0.03)
-    running = preflight.local_concurrency(cfg)
-    assert budget.models == 48 * (2 + 1) + running and budget.states == 2 * running  # Train keeps the latest too
-    assert budget.total > 48 * 2 * (full.native_bytes - full.text_encoder_bytes)
+    running, trials = preflight.local_concurrency(cfg), cfg.num_samples
+    assert budget.models == trials * (2 + 1) + running and budget.states == 2 * running  # Train keeps the latest too
+    assert budget.total > trials * 2 * (full.native_bytes - full.text_encoder_bytes)
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**13, 0, int(budget.total) - 1))
     (problem,) = preflight.disk_problems(cfg)
-    assert "(48 trials x (2 kept checkpoints + the latest)" in problem and "lower num_samples or checkpoint.num_to_keep" in problem
+    assert f"({trials} trials x (2 kept checkpoints + the latest)" in problem and "lower num_samples or checkpoint.num_to_keep" in problem
     assert "freeze_text_encoder" not in problem  # already frozen in stage2.yaml
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**13, 0, int(budget.total)))
     assert preflight.disk_problems(cfg) == []
