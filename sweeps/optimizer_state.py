@@ -53,7 +53,9 @@ class DropStateOfEndedTrials(Callback):
         self._drop(trial.trial_id)
 
     def on_experiment_end(self, trials: list, **info) -> None:
-        for trial_id in self.ended:  # a checkpoint persisted between "complete" and the actor's stop
+        # A checkpoint persisted between "complete" and the actor's stop. Not every trial marked TERMINATED:
+        # Tune marks so the trials it stops when a sweep is interrupted, and those resume from their state.
+        for trial_id in self.ended:
             self._drop(trial_id)
 
     def _drop(self, trial_id: str) -> None:

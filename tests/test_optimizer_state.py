@@ -29,9 +29,11 @@ def test_an_ended_trial_loses_its_optimizer_state_then_and_at_the_end_of_the_swe
     assert (other / STATE_FILE).exists()  # another trial's run is not touched
 
     late = write_checkpoint(ended, "checkpoint_2")  # persisted before Tune stopped the trial's actor
-    callback.on_experiment_end(trials=[])
+    # b2 was running when the sweep was interrupted: Tune stopped it and marked it TERMINATED, never complete
+    callback.on_experiment_end(trials=[SimpleNamespace(trial_id="a1", status="TERMINATED"),
+                                       SimpleNamespace(trial_id="b2", status="TERMINATED")])
     assert not (late / STATE_FILE).exists() and (late / "model.safetensors").exists()
-    assert (other / STATE_FILE).exists()  # an errored trial keeps its state for --resume
+    assert (other / STATE_FILE).exists()  # --resume continues b2 from it
 
 
 def test_a_missing_train_run_is_not_an_error(tmp_path):
