@@ -31,8 +31,8 @@ from pathlib import Path
 import optuna
 import psutil
 import pytest
-import yaml
 from readme import cli_env, free_ports, readme_commands, substituted
+from sweep_configs import write_tiny_sweep
 
 from sweeps.config import load_sweep_config
 from sweeps.study_storage import journal_storage
@@ -44,24 +44,8 @@ JOB_ID = "sweep-job-test"  # in place of the README's stage2-cass
 
 def write_config(tmp_path: Path) -> Path:
     """A one-trial sweep; data and results under tmp_path (absolute), the search space in the working dir."""
-    raw = {
-        "name": "job-test",
-        "storage_path": str(tmp_path / "out"),
-        "search_space": "search_spaces/local.yaml",  # relative: read from the uploaded working dir
-        "num_samples": 1,
-        "max_concurrent_trials": 1,
-        "dataset": {"dir": str(tmp_path / "data"), "synthetic": {"train": 8, "val": 4, "size": 224, "seed": 0}},
-        "trial": {"preset": "tiny", "resolution": 224, "max_steps": 2, "warmup_steps": 1, "val_every": 2,
-                  "num_workers": 1, "use_gpu": False, "cpu_threads_per_worker": 1, "backend": "gloo",
-                  "precision": "fp32"},
-        "scheduler": {"grace_period": 2, "reduction_factor": 2},
-        "checkpoint": {"num_to_keep": 1},
-        "wandb": {"mode": "disabled"},
-        "ray": {"address": None, "dashboard_host": "127.0.0.1", "health_check_interval_s": 0.5},
-    }
-    path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    return write_tiny_sweep(tmp_path / "job.yaml", name="job-test", root=tmp_path,
+                            search_space="search_spaces/local.yaml")  # relative: read from the uploaded working dir
 
 
 def stop_head(head: subprocess.Popen) -> None:

@@ -22,31 +22,17 @@ from pathlib import Path
 
 import psutil
 import pytest
-import yaml
 from readme import cli_env, ray_processes, readme_commands
+from sweep_configs import write_tiny_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def write_config(tmp_path: Path) -> Path:
     """One trial long enough to be training when the driver is killed."""
-    raw = {
-        "name": "crash-test",
-        "storage_path": str(tmp_path / "out"),
-        "search_space": str(REPO / "search_spaces" / "local.yaml"),
-        "num_samples": 1,
-        "max_concurrent_trials": 1,
-        "dataset": {"dir": str(tmp_path / "data"), "synthetic": {"train": 8, "val": 4, "size": 224, "seed": 0}},
-        "trial": {"preset": "tiny", "resolution": 224, "max_steps": 400, "warmup_steps": 1, "val_every": 200,
-                  "num_workers": 1, "use_gpu": False, "cpu_threads_per_worker": 1, "backend": "gloo",
-                  "precision": "fp32"},
-        "scheduler": {"grace_period": 200, "reduction_factor": 2},
-        "wandb": {"mode": "disabled"},
-        "ray": {"address": None, "dashboard_host": "127.0.0.1"},
-    }
-    path = tmp_path / "crash.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    return write_tiny_sweep(tmp_path / "crash.yaml", name="crash-test", root=tmp_path,
+                            trial={"max_steps": 400, "val_every": 200}, scheduler={"grace_period": 200},
+                            checkpoint={"num_to_keep": 2})
 
 
 @pytest.mark.slow

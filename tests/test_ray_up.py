@@ -40,6 +40,7 @@ from pathlib import Path
 import pytest
 import yaml
 from readme import cli_env, free_ports, ray_processes, readme_commands, substituted
+from sweep_configs import write_tiny_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -92,26 +93,13 @@ def fake_cluster_file(tmp_path: Path, gcs_port: int, dashboard_port: int, shape:
 
 def sweep_config(tmp_path: Path) -> Path:
     """4 one-worker CPU trials of the tiny preset; data and storage on the (here: local) shared folder."""
-    raw = {
-        "name": "cluster-test",
-        "storage_path": str(tmp_path / "shared" / "sweeps"),
-        "search_space": "search_spaces/local.yaml",
-        "num_samples": 4,
-        "max_concurrent_trials": None,  # derived from the cluster
-        "dataset": {"dir": str(tmp_path / "shared" / "data"),
-                    "synthetic": {"train": 8, "val": 4, "test": 4, "size": 224, "seed": 0}},
-        "trial": {"preset": "tiny", "resolution": 112, "max_steps": 4, "warmup_steps": 1, "val_every": 2,
-                  "batch_size": 1, "num_workers": 1, "use_gpu": False, "cpu_threads_per_worker": 1,
-                  "backend": "gloo", "precision": "fp32", "freeze_text_encoder": True},
-        "scheduler": {"grace_period": 2, "reduction_factor": 2},
-        "checkpoint": {"num_to_keep": 1},
-        "wandb": {"mode": "disabled"},
-        "ray": {"address": "auto", "dashboard_host": "127.0.0.1", "health_check_interval_s": 0.5},
-    }
-    path = tmp_path / "shared" / "cluster-test.yaml"
-    path.parent.mkdir(parents=True)
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    shared = tmp_path / "shared"
+    return write_tiny_sweep(shared / "cluster-test.yaml", name="cluster-test", root=shared,
+                            storage_path=str(shared / "sweeps"), search_space="search_spaces/local.yaml",
+                            num_samples=4, max_concurrent_trials=None,  # derived from the cluster
+                            dataset={"synthetic": {"train": 8, "val": 4, "test": 4, "size": 224, "seed": 0}},
+                            trial={"resolution": 112, "max_steps": 4, "batch_size": 1, "freeze_text_encoder": True},
+                            ray={"address": "auto"})
 
 
 def run(argv: list[str], env: dict[str, str], log: Path, timeout: float) -> subprocess.CompletedProcess:

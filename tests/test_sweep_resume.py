@@ -32,8 +32,8 @@ from pathlib import Path
 import optuna
 import psutil
 import pytest
-import yaml
 from optuna.trial import TrialState
+from sweep_configs import write_tiny_sweep
 
 from search_spaces import load_search_spec
 from sweeps.config import load_sweep_config
@@ -46,25 +46,9 @@ NUM_SAMPLES = 4
 
 
 def write_config(tmp_path: Path) -> Path:
-    raw = {
-        "name": "resume-test",
-        "storage_path": str(tmp_path / "out"),
-        "search_space": str(REPO / "search_spaces" / "local.yaml"),
-        "num_samples": NUM_SAMPLES,
-        "max_concurrent_trials": 1,
-        "dataset": {"dir": str(tmp_path / "data"), "synthetic": {"train": 8, "val": 4, "size": 224, "seed": 0}},
-        "trial": {"preset": "tiny", "resolution": 224, "max_steps": 4, "warmup_steps": 1, "val_every": 2,
-                  "batch_size": 1, "num_workers": 1, "use_gpu": False, "cpu_threads_per_worker": 1,
-                  "backend": "gloo", "precision": "fp32", "freeze_text_encoder": True},
-        "scheduler": {"grace_period": 2, "reduction_factor": 2},
-        "checkpoint": {"num_to_keep": 1},
-        "failure": {"max_failures": 1},
-        "wandb": {"mode": "disabled"},
-        "ray": {"address": None, "dashboard_host": "127.0.0.1", "health_check_interval_s": 0.5},
-    }
-    path = tmp_path / "resume.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    return write_tiny_sweep(tmp_path / "resume.yaml", name="resume-test", root=tmp_path, num_samples=NUM_SAMPLES,
+                            trial={"max_steps": 4, "batch_size": 1, "freeze_text_encoder": True},
+                            failure={"max_failures": 1})
 
 
 def driver_env(**machine: str) -> dict[str, str]:
