@@ -364,13 +364,13 @@ class ReplayCache:
 
     def __init__(self, path: Path, *, table_digest: str, samples: int, max_steps: int) -> None:
         self.path, self.key = path, {"table": table_digest, "samples": samples}
-        self.max_steps = max_steps
+        self.settings = {method: method_settings(method, max_steps) for method in METHODS}  # each config read once
         self._figures: dict[tuple[str, int], dict[str, float]] = {}
         if path.is_file():
             for line in path.read_text(encoding="utf-8").splitlines():
                 record = json.loads(line)
-                if all(record.get(k) == v for k, v in self.key.items()) and record["method"] in METHODS \
-                        and record["settings"] == method_settings(record["method"], max_steps):
+                if all(record.get(k) == v for k, v in self.key.items()) \
+                        and record["settings"] == self.settings.get(record["method"]):
                     self._figures[record["method"], record["seed"]] = record["figures"]
 
     def get(self, method: str, seed: int) -> dict[str, float] | None:
@@ -380,7 +380,7 @@ class ReplayCache:
     def put(self, method: str, seed: int, figures: dict[str, float]) -> None:
         """Record (and append to the file) the figures of ``method`` with searcher ``seed``."""
         self._figures[method, seed] = figures
-        record = {**self.key, "method": method, "settings": method_settings(method, self.max_steps), "seed": seed,
+        record = {**self.key, "method": method, "settings": self.settings[method], "seed": seed,
                   "figures": figures}
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
