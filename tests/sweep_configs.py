@@ -6,8 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-REPO = Path(__file__).resolve().parents[1]
+from readme import REPO
 
 
 def write_tiny_sweep(path: Path, *, name: str, root: Path, **changes: Any) -> Path:
